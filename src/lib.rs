@@ -1,0 +1,22 @@
+//! replay-ingest: a drop-in ingestion node for OpenReplay session replay.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! socket bytes -> net (mio worker loop, one per core) -> http (httparse head, body framing, limits)
+//!   -> routes (one handler per endpoint; token check; start/batch/images)
+//!   -> log (this worker's memory-mapped segment; one copy of the body, framed and checksummed)
+//!   -> sealed segment -> (compaction, forwarders: later)
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod codec;
+pub mod device;
+pub mod flake;
+pub mod geo;
+pub mod http;
+pub mod log;
+pub mod token;
+pub mod useragent;
