@@ -11,16 +11,19 @@
 //!   it stores ("Mac OS X", "Mobile Safari", "Chrome Mobile", "HeadlessChrome", "Pixel 7") are
 //!   uap-core's. Dashboards and filters are keyed on those strings; woothee names things its own way
 //!   ("Mac OSX", no device models) and would split every existing report in two.
-//! - uap-rust is the reference port, maintained alongside uap-core itself; uap-rs (`uaparser`)
-//!   trails it, needs `serde_yaml` (unmaintained) and tries every regex in order on each parse.
+//! - uap-rust lives in the ua-parser organisation beside uap-core and uap-go and is released
+//!   from there (0.2.2, March 2026); uap-rs (`uaparser`) is a one-person port that needs
+//!   `serde_yaml` (unmaintained) and tries every regex in order on each parse.
 //! - uap-rust puts an Aho-Corasick prefilter (`regex-filtered`) in front of the ~1200 regexes,
 //!   so a parse only runs the few regexes whose literal atoms occur in the agent. Building the
 //!   prefilter is the costly part, done once in [`UserAgentParser::new`].
 //!
-//! The uap-core data (v0.18.0, Apache-2.0, see `useragent/LICENSE-uap-core`) is embedded in the
-//! binary as `useragent/regexes.json`: the upstream YAML converted one-to-one to JSON (one parser per
-//! line, all scalars as strings) so that `serde_json`, already a dependency, can load it. To update
-//! it, convert a newer `regexes.yaml` the same way and rerun the tests below.
+//! The uap-core data (v0.18.0, the copy inside the ua-parser 0.2.2 package; Apache-2.0, see
+//! `useragent/LICENSE-uap-core`) is embedded in the binary as `useragent/regexes.json`: the
+//! upstream YAML converted one-to-one to JSON (one parser per line, null fields dropped, all
+//! scalars as strings) so that `serde_json`, already a dependency, can load it. To update it,
+//! convert a newer `regexes.yaml` the same way (PyYAML `safe_load`, then `json.dumps` of each
+//! parser under the three top-level keys) and rerun the tests below.
 //!
 //! Mapping to OpenReplay's fields follows its Go `uaparser` package: versions are
 //! `major[.minor[.patch]]`, the browser family is cut at its first `/`, device families "Other"
