@@ -126,7 +126,7 @@ impl Shared {
 /// for each worker, pre-faults windows ahead of writers, and seals rolled segments (sealed
 /// header, unmap, truncate to the used length). Started once; workers talk to it over channels.
 pub struct SegmentService {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     recovery: RecoverySummary,
     /// Held (flock) for the service's life: recovery or a second node on the same directory

@@ -733,3 +733,36 @@ fn record_kinds() {
         assert_eq!((k.topic(), k.as_str()), (topic, name));
     }
 }
+
+#[test]
+fn rolls_take_prepared_segments_and_stall_only_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..3 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[b"x"])
+            .unwrap();
+        wait_until("the next segment to be prepared", || {
+            service.shared.workers[0].prepared.len() == 1
+        });
+        w.roll().unwrap();
+    }
+    assert_eq!(w.stalls(), 0);
+    // With the service gone the writer keeps working, creating its own files.
+    service.shutdown();
+    w.roll().unwrap();
+    w.append(meta(9, 9, RecordKind::WebBatch), b"", &[b"late"])
+        .unwrap();
+    assert_eq!(w.stalls(), 1);
+    drop(w);
+    // Its last two segments could not be sealed; the next start-up recovers the one with a
+    // record and removes the empty one.
+    let s = recover(dir.path()).unwrap();
+    assert_eq!((s.unsealed, s.records), (2, 1));
+    assert_eq!(sessions(dir.path()), [0, 1, 2, 9]);
+    let seqs: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|(n, _)| n.seq)
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 4]);
+}
