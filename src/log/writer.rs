@@ -135,7 +135,9 @@ impl SegmentWriter {
     /// and returns how many it wrote; those form the body. `fill` must not write past the count
     /// it returns (those bytes would have to be zeroed, at a cost proportional to `max_len`).
     /// If `fill` fails nothing is stored: what it wrote is zeroed again and its error returned.
-    /// Panics if `fill` claims more than `max_len` bytes.
+    /// Panics if `fill` claims more than `max_len` bytes. If `fill` itself panics, its bytes stay
+    /// past the cursor behind a zero state word (release builds abort, and recovery truncates
+    /// at that word); the writer must not be used again after such an unwind.
     pub fn append_with<E>(
         &mut self,
         meta: RecordMeta,
@@ -154,6 +156,7 @@ impl SegmentWriter {
                     "fill claimed more bytes than it was given"
                 );
                 self.active.tail.bytes_mut()[RECORD_HEADER_LEN..body_at].copy_from_slice(name);
+                // Cannot fail: no larger than the shape `make_room` accepted for `max_len`.
                 let shape = RecordShape::new(name.len(), written)?;
                 self.commit_front(meta, shape);
                 Ok(Ok(()))
