@@ -1,0 +1,264 @@
+//! Memory-mapped segment files, and every `unsafe` block of the log.
+//!
+//! In: an open segment file (read-write, already at its full length). Out: a [`SegmentMap`]
+//! (shared, `Arc`) and [`Region`]s: exclusive, non-overlapping byte ranges of the mapping. The
+//! writer (a worker thread) holds the region at and past its cursor and splits records off its
+//! front; a `Reservation` holds its record's region while the socket fills it. The segment
+//! service thread only pre-faults ranges (which never changes bytes) and, once every handle to a
+//! mapping is gone, unmaps it before truncating the file.
+//!
+//! Why the `unsafe` here is sound:
+//! * Ownership: a `SegmentMap` is created only by [`map_segment`], which hands out exactly one
+//!   region covering the whole mapping. Regions are only ever split, never cloned or widened, so
+//!   two live regions never overlap and a `&mut [u8]` from one never aliases another.
+//! * Lifetime: every region holds the `Arc<SegmentMap>`; the mapping is unmapped when the last
+//!   region and the last pre-fault request are gone, never earlier.
+//! * Truncation: only the segment service truncates a segment file, and only after
+//!   `Arc::try_unwrap` proved it held the last handle, i.e. after the mapping is gone. Other
+//!   processes must not truncate or write segment files of a running node: readers use `read(2)`,
+//!   never a mapping, because the service truncates sealed files under them.
+//! * The OS calls (`fallocate`, `flock`) below only take a file descriptor the caller owns.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+/// A read-write shared mapping of a whole segment file.
+#[derive(Debug)]
+pub struct SegmentMap {
+    raw: MmapRaw,
+}
+
+/// Maps `len` bytes of `file` and returns the one region that covers all of them.
+pub fn map_segment(file: &File, len: usize) -> io::Result<Region> {
+    let actual = file.metadata()?.len();
+    if u64::try_from(len).map_or(true, |len| len > actual) {
+        // Touching a page past the end of the file would raise SIGBUS.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "segment file shorter than its mapping",
+        ));
+    }
+    let raw = MmapOptions::new().len(len).map_raw(file)?;
+    Ok(Region {
+        map: Arc::new(SegmentMap { raw }),
+        start: 0,
+        len,
+    })
+}
+
+impl SegmentMap {
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Faults `[offset, offset + len)` in writable without changing its contents
+    /// (MADV_POPULATE_WRITE), so the writer later meets no page fault there. Safe to call on a
+    /// range another thread is writing: the kernel only allocates and maps pages. Returns
+    /// `Ok(false)` when the kernel does not know the advice (before Linux 5.14).
+    pub fn populate_write(&self, offset: usize, len: usize) -> io::Result<bool> {
+        let end = offset.checked_add(len);
+        if end.is_none_or(|end| end > self.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pre-fault range outside the mapping",
+            ));
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        match self.raw.advise_range(Advice::PopulateWrite, offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Exclusive right to read and write bytes `[start, start + len)` of a mapping.
+#[derive(Debug)]
+pub struct Region {
+    map: Arc<SegmentMap>,
+    start: usize,
+    len: usize,
+}
+
+impl Region {
+    /// Offset of the region's first byte in the segment file.
+    pub fn offset(&self) -> usize {
+        self.start
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn map(&self) -> &Arc<SegmentMap> {
+        &self.map
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `start + len <= map.len()` holds from `map_segment` on, since `split_to` and
+        // `advance` only shrink it. The mapping is alive: we hold its Arc, and nothing truncates
+        // the file while a handle exists (module doc). No other region overlaps this one, and
+        // `&mut self` makes the returned slice the only reference into it.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(self.start), self.len)
+        }
+    }
+
+    /// Splits off the first `n` bytes as their own region; `self` keeps the rest.
+    /// Panics if `n > self.len()` (a caller's bookkeeping bug, never input-driven).
+    pub fn split_to(&mut self, n: usize) -> Region {
+        assert!(n <= self.len, "split past the end of a region");
+        let front = Region {
+            map: Arc::clone(&self.map),
+            start: self.start,
+            len: n,
+        };
+        self.start += n;
+        self.len -= n;
+        front
+    }
+
+    /// Gives up the first `n` bytes (records that are complete and will not be written again).
+    pub fn advance(&mut self, n: usize) {
+        assert!(n <= self.len, "advance past the end of a region");
+        self.start += n;
+        self.len -= n;
+    }
+
+    /// Stores `value` at `at` (relative, 4-aligned) with release ordering, so that any process
+    /// that sees the new word also sees every byte written into the mapping before it.
+    pub fn publish_u32(&mut self, at: usize, value: u32) {
+        assert!(
+            at.checked_add(4).is_some_and(|end| end <= self.len),
+            "state word outside its region"
+        );
+        // SAFETY: in bounds per the assertion and the region invariant (see `bytes_mut`).
+        let ptr = unsafe { self.map.raw.as_mut_ptr().add(self.start + at) };
+        assert!(ptr.cast::<u32>().is_aligned(), "state word not 4-aligned");
+        // SAFETY: the pointer is valid, aligned for u32 (asserted) and lives as long as the map
+        // we hold; `&mut self` rules out any other Rust reference to these bytes meanwhile.
+        let word = unsafe { AtomicU32::from_ptr(ptr.cast::<u32>()) };
+        word.store(value, Ordering::Release);
+    }
+}
+
+/// Allocates `len` bytes of disk for `file` up front (extending it to `len`): no ENOSPC can hit a
+/// write into the mapping later (that would be a SIGBUS), and the blocks are allocated off the
+/// hot path. Falls back to a sparse `set_len` where the filesystem cannot allocate.
+pub fn allocate(file: &File, len: u64) -> io::Result<()> {
+    let off_len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    loop {
+        // SAFETY: plain syscall on a descriptor `file` owns for the duration of the call.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => return file.set_len(len),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `file`; `Ok(false)` if another holder has it.
+/// The lock lives as long as the open file.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: plain syscall on a descriptor `file` owns for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Unmaps a segment if `map` is the last handle to it, so its file may be truncated next.
+/// Gives the handle back otherwise.
+pub fn unmap_if_last(map: Arc<SegmentMap>) -> Result<(), Arc<SegmentMap>> {
+    Arc::try_unwrap(map).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(len: usize) -> (tempfile::TempDir, File, Region) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("m"))
+            .unwrap();
+        allocate(&file, len as u64).unwrap();
+        let region = map_segment(&file, len).unwrap();
+        (dir, file, region)
+    }
+
+    #[test]
+    fn regions_split_write_and_reach_the_file() {
+        let (dir, _file, mut root) = mapped(8192);
+        assert!(root.bytes_mut().iter().all(|&b| b == 0));
+        let mut head = root.split_to(64);
+        head.bytes_mut()[..4].copy_from_slice(b"head");
+        root.bytes_mut()[..4].copy_from_slice(b"tail");
+        root.publish_u32(8, 0xAABB_CCDD);
+        assert_eq!(
+            (head.offset(), head.len(), root.offset(), root.len()),
+            (0, 64, 64, 8128)
+        );
+        root.advance(8128);
+        assert_eq!(root.len(), 0);
+        assert!(root.map().populate_write(0, 8192).is_ok());
+        let on_disk = std::fs::read(dir.path().join("m")).unwrap();
+        assert_eq!(&on_disk[0..4], b"head");
+        assert_eq!(&on_disk[64..68], b"tail");
+        assert_eq!(&on_disk[72..76], &0xAABB_CCDDu32.to_le_bytes());
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let (_dir, file, mut root) = mapped(4096);
+        assert!(root.map().populate_write(4000, 97).is_err());
+        assert!(root.map().populate_write(usize::MAX, 2).is_err());
+        assert!(map_segment(&file, 8192).is_err());
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| root.publish_u32(4094, 1)));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn unmap_only_when_last() {
+        let (_dir, _file, root) = mapped(4096);
+        let extra = Arc::clone(root.map());
+        let extra = unmap_if_last(extra).unwrap_err();
+        drop(root);
+        assert!(unmap_if_last(extra).is_ok());
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || File::create(dir.path().join("lock")).unwrap();
+        let (a, b) = (open(), open());
+        assert!(try_lock_exclusive(&a).unwrap());
+        assert!(!try_lock_exclusive(&b).unwrap());
+        drop(a);
+        assert!(try_lock_exclusive(&b).unwrap());
+    }
+}

@@ -1,0 +1,372 @@
+//! The segment service: one background thread that keeps costly syscalls off the workers.
+//!
+//! In (a bounded crossbeam channel of [`Command`]s from the writers): requests to prepare a
+//! worker's next segment, to pre-fault a window ahead of a writer's cursor, and segments to seal.
+//! Out: prepared segments (created, fallocated, mapped, first window pre-faulted) on one
+//! bounded(1) channel per worker, and sealed files on disk. Runs on its own thread, started once
+//! by [`SegmentService::start`] after start-up recovery.
+//!
+//! Each worker has at most one prepared segment in flight (its writer asks for the next one when
+//! it takes one), so the service never blocks sending to a worker. Commands are handled in order:
+//! a writer's pre-fault requests for a segment arrive before that segment's seal, so by then the
+//! service holds the last handle to the mapping and may unmap it and truncate the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::log::format::{self, SegmentHeader, SegmentName, SEGMENT_HEADER_LEN};
+use crate::log::mmap::{self, Region, SegmentMap};
+use crate::log::recovery::{self, RecoverySummary};
+use crate::log::writer::SegmentWriter;
+use crate::log::{LogConfig, LogError};
+
+/// Commands queued at once: pre-fault requests beyond this are dropped (they are only a speed-up);
+/// seals wait for room.
+const COMMAND_QUEUE: usize = 1024;
+/// How often a seal that still waits for its last mapping handle is retried.
+const DEFERRED_SEAL_RETRY: Duration = Duration::from_millis(20);
+
+pub(crate) enum Command {
+    Prepare {
+        worker: u16,
+    },
+    Prefault {
+        map: Arc<SegmentMap>,
+        offset: usize,
+        len: usize,
+    },
+    Seal(SealJob),
+    Shutdown,
+}
+
+/// A rolled segment that no writer or reservation uses any more.
+pub(crate) struct SealJob {
+    pub map: Arc<SegmentMap>,
+    pub file: File,
+    pub path: PathBuf,
+    pub header: SegmentHeader,
+    /// End of the last record; `SEGMENT_HEADER_LEN` when the segment holds none.
+    pub sealed_len: u64,
+}
+
+/// A blank segment file ready to be taken into use: full length, mapped, head pre-faulted.
+pub(crate) struct PreparedSegment {
+    pub file: File,
+    pub prep_path: PathBuf,
+    pub region: Region,
+    /// Bytes from the start already pre-faulted.
+    pub prefaulted: usize,
+}
+
+/// What the service and its writers share.
+pub(crate) struct Shared {
+    pub segments_dir: PathBuf,
+    pub capacity: usize,
+    pub max_age: Duration,
+    pub prefault_window: usize,
+    pub commands: Sender<Command>,
+    pub workers: Vec<WorkerSlot>,
+    /// Makes `.prep-` names unique.
+    prep_counter: AtomicU64,
+}
+
+pub(crate) struct WorkerSlot {
+    pub prepared: Receiver<io::Result<PreparedSegment>>,
+    prepared_tx: Sender<io::Result<PreparedSegment>>,
+    pub next_seq: AtomicU64,
+    pub taken: AtomicBool,
+}
+
+impl Shared {
+    /// Creates, fallocates and maps a blank segment file under a `.prep-` name. Used by the
+    /// service, and by a writer that found nothing prepared (a stall).
+    pub fn prepare(&self, worker: u16, prefault: bool) -> io::Result<PreparedSegment> {
+        let n = self.prep_counter.fetch_add(1, Ordering::Relaxed);
+        let prep_path = self.segments_dir.join(format::prep_file_name(worker, n));
+        let made = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&prep_path)?;
+            mmap::allocate(&file, self.capacity as u64)?;
+            let region = mmap::map_segment(&file, self.capacity)?;
+            let mut prefaulted = 0;
+            if prefault {
+                let window = self.prefault_window.min(self.capacity);
+                if region.map().populate_write(0, window)? {
+                    prefaulted = window;
+                }
+            }
+            Ok(PreparedSegment {
+                file,
+                prep_path: prep_path.clone(),
+                region,
+                prefaulted,
+            })
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(&prep_path);
+        }
+        made
+    }
+}
+
+/// Shared background thread: prepares (creates, fallocates, pre-faults) the next segment file
+/// for each worker, pre-faults windows ahead of writers, and seals rolled segments (sealed
+/// header, unmap, truncate to the used length). Started once; workers talk to it over channels.
+pub struct SegmentService {
+    pub(crate) shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    recovery: RecoverySummary,
+    /// Held (flock) for the service's life: recovery or a second node on the same directory
+    /// would seal or delete files under the running writers.
+    _lock: File,
+}
+
+impl SegmentService {
+    /// Recovers `cfg.dir/segments` (see [`recovery::recover`]), then starts the service thread
+    /// and has it prepare a first segment for each of `workers` workers.
+    pub fn start(cfg: LogConfig, workers: u16) -> Result<Self, LogError> {
+        let capacity = cfg.validate()?;
+        let segments_dir = cfg.segments_dir();
+        std::fs::create_dir_all(&segments_dir)?;
+        let lock = recovery::lock_dir(&segments_dir)?;
+        let summary = recovery::recover_locked(&segments_dir)?;
+        let next_seqs = next_seqs(&segments_dir)?;
+
+        let (commands, command_rx) = bounded(COMMAND_QUEUE);
+        let workers = (0..workers)
+            .map(|w| {
+                let (prepared_tx, prepared) = bounded(1);
+                WorkerSlot {
+                    prepared,
+                    prepared_tx,
+                    next_seq: AtomicU64::new(next_seqs.get(&w).copied().unwrap_or(0)),
+                    taken: AtomicBool::new(false),
+                }
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            segments_dir,
+            capacity,
+            max_age: cfg.segment_max_age,
+            prefault_window: cfg.prefault_window,
+            commands,
+            workers,
+            prep_counter: AtomicU64::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("segment-service".into())
+            .spawn(move || run(&thread_shared, &command_rx))?;
+        for worker in 0..shared.workers.len() as u16 {
+            shared
+                .commands
+                .send(Command::Prepare { worker })
+                .map_err(|_| io::Error::other("segment service stopped at start"))?;
+        }
+        Ok(SegmentService {
+            shared,
+            thread: Some(thread),
+            recovery: summary,
+            _lock: lock,
+        })
+    }
+
+    /// What start-up recovery found.
+    pub fn recovery(&self) -> &RecoverySummary {
+        &self.recovery
+    }
+
+    /// Called on the worker's own thread (the writer is `!Send`). One writer per worker at a time.
+    pub fn writer(&self, worker_id: u16) -> Result<SegmentWriter, LogError> {
+        let slot = self
+            .shared
+            .workers
+            .get(usize::from(worker_id))
+            .ok_or(LogError::Worker(worker_id))?;
+        if slot.taken.swap(true, Ordering::AcqRel) {
+            return Err(LogError::Worker(worker_id));
+        }
+        SegmentWriter::open(Arc::clone(&self.shared), worker_id).inspect_err(|_| {
+            slot.taken.store(false, Ordering::Release);
+        })
+    }
+
+    /// Waits until every segment handed over for sealing is sealed, then stops the thread.
+    /// Writers should be closed first: a segment rolled after this stays unsealed until the
+    /// next start-up recovers it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // If the thread is gone the queue is disconnected; joining is all that is left.
+            let _ = self.shared.commands.send(Command::Shutdown);
+            if thread.join().is_err() {
+                log::error!("segment service thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SegmentService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Next sequence per worker: one past the highest segment name present (set-aside `.bad` ones
+/// included, so a sequence is never reused beside its damaged namesake).
+fn next_seqs(segments_dir: &Path) -> io::Result<HashMap<u16, u64>> {
+    let mut next: HashMap<u16, u64> = HashMap::new();
+    for entry in std::fs::read_dir(segments_dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = SegmentName::parse(name).or_else(|| SegmentName::parse_bad(name)) {
+            let after = n.seq.saturating_add(1);
+            let slot = next.entry(n.worker).or_default();
+            *slot = (*slot).max(after);
+        }
+    }
+    Ok(next)
+}
+
+fn run(shared: &Shared, commands: &Receiver<Command>) {
+    let mut prefault_supported = true;
+    // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
+    let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
+    loop {
+        let timeout = if deferred.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            DEFERRED_SEAL_RETRY
+        };
+        let command = match commands.recv_timeout(timeout) {
+            Ok(command) => Some(command),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
+        };
+        match command {
+            None => {}
+            Some(Command::Prepare { worker }) => {
+                let Some(slot) = shared.workers.get(usize::from(worker)) else {
+                    continue;
+                };
+                let prepared = shared.prepare(worker, prefault_supported);
+                if let Err(e) = &prepared {
+                    log::error!("preparing a segment for worker {worker}: {e}");
+                }
+                // Room is guaranteed (one in flight per worker); if not, the file is dropped
+                // and its `.prep-` name cleaned up below.
+                if let Err(e) = slot.prepared_tx.try_send(prepared) {
+                    discard_prepared(e.into_inner());
+                }
+            }
+            Some(Command::Prefault { map, offset, len }) if prefault_supported => {
+                match map.populate_write(offset, len) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        log::info!("MADV_POPULATE_WRITE unsupported: writers fault pages in");
+                        prefault_supported = false;
+                    }
+                    Err(e) => log::debug!("pre-faulting a segment window: {e}"),
+                }
+            }
+            Some(Command::Prefault { .. }) => {}
+            Some(Command::Seal(job)) => {
+                if let Some(job) = seal(job) {
+                    deferred.insert(job.path.clone(), job);
+                }
+            }
+            Some(Command::Shutdown) => break,
+        }
+        let waiting = std::mem::take(&mut deferred);
+        for (path, job) in waiting {
+            if let Some(job) = seal(job) {
+                deferred.insert(path, job);
+            }
+        }
+    }
+    for (_, job) in deferred {
+        // Someone still maps it: seal the header, leave the length (readers honour sealed_len).
+        let SealJob {
+            file,
+            path,
+            header,
+            sealed_len,
+            ..
+        } = job;
+        log::warn!(
+            "{}: sealed without truncation, still mapped",
+            path.display()
+        );
+        if let Err(e) = write_sealed_header(&file, header, sealed_len) {
+            log::error!("sealing {}: {e}", path.display());
+        }
+    }
+    for slot in &shared.workers {
+        while let Ok(prepared) = slot.prepared.try_recv() {
+            discard_prepared(prepared);
+        }
+    }
+}
+
+fn discard_prepared(prepared: io::Result<PreparedSegment>) {
+    if let Ok(p) = prepared {
+        let path = p.prep_path.clone();
+        drop(p);
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!("removing unused {}: {e}", path.display());
+        }
+    }
+}
+
+/// Seals a rolled segment: unmaps it, writes the sealed header, truncates the file to its used
+/// length. A segment without records is removed instead: there is nothing to compact. Gives the
+/// job back if the mapping still has another handle.
+fn seal(job: SealJob) -> Option<SealJob> {
+    let SealJob {
+        map,
+        file,
+        path,
+        header,
+        sealed_len,
+    } = job;
+    if let Err(map) = mmap::unmap_if_last(map) {
+        return Some(SealJob {
+            map,
+            file,
+            path,
+            header,
+            sealed_len,
+        });
+    }
+    let result = if sealed_len <= SEGMENT_HEADER_LEN as u64 {
+        std::fs::remove_file(&path)
+    } else {
+        // Header first: a crash between the two leaves a sealed header over a longer file,
+        // which recovery finishes by truncating.
+        write_sealed_header(&file, header, sealed_len).and_then(|()| file.set_len(sealed_len))
+    };
+    if let Err(e) = result {
+        log::error!("sealing {}: {e}", path.display());
+    }
+    None
+}
+
+pub(crate) fn write_sealed_header(file: &File, header: SegmentHeader, len: u64) -> io::Result<()> {
+    file.write_all_at(&header.sealed_at(len).encode(), 0)
+}

@@ -1,0 +1,768 @@
+//! End-to-end tests of the log: a real service and writers on a temporary directory, read back
+//! through `read_records`, damaged on disk, recovered.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use super::format::{SegmentHeader, SegmentName, SEGMENTS_DIR};
+use super::*;
+
+const SEG: u64 = 64 << 10;
+
+fn config(dir: &Path) -> LogConfig {
+    LogConfig {
+        dir: dir.to_path_buf(),
+        segment_size: SEG,
+        segment_max_age: Duration::from_secs(10),
+        prefault_window: 16 << 10,
+    }
+}
+
+fn meta(session_id: u64, arrival_unix_ns: u64, kind: RecordKind) -> RecordMeta {
+    RecordMeta {
+        session_id,
+        arrival_unix_ns,
+        kind,
+    }
+}
+
+/// (meta, name, body) of each valid record, in read order.
+fn contents(dir: &Path) -> Vec<(RecordMeta, Vec<u8>, Vec<u8>)> {
+    read_records(dir)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.meta, r.name, r.body.to_vec()))
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<(SegmentName, PathBuf)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join(SEGMENTS_DIR))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = SegmentName::parse(e.file_name().to_str()?)?;
+            Some((name, e.path()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn other_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(SEGMENTS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| SegmentName::parse(n).is_none())
+        .collect();
+    names.sort();
+    names
+}
+
+fn header_of(path: &Path) -> SegmentHeader {
+    SegmentHeader::decode(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Every segment file is sealed, exactly as long as its sealed length.
+fn assert_all_sealed(dir: &Path) {
+    for (_, path) in segment_files(dir) {
+        let h = header_of(&path);
+        assert!(h.is_sealed(), "{} not sealed", path.display());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), h.sealed_len);
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn body(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random()).collect()
+}
+
+#[test]
+fn three_ways_in_round_trip_including_reservations_across_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    let mut want = Vec::new();
+
+    let start = body(1, 300);
+    w.append(
+        meta(1, 1, RecordKind::SessionStart),
+        b"",
+        &[&start[..100], &start[100..]],
+    )
+    .unwrap();
+    want.push((meta(1, 1, RecordKind::SessionStart), vec![], start));
+
+    let inflated = body(2, 5000);
+    w.append_with(meta(2, 2, RecordKind::WebBatch), b"", 20_000, |out| {
+        out[..inflated.len()].copy_from_slice(&inflated);
+        Ok::<_, ()>(inflated.len())
+    })
+    .unwrap()
+    .unwrap();
+    want.push((meta(2, 2, RecordKind::WebBatch), vec![], inflated));
+
+    // Two reservations outstanding while appends fill the segment past a roll.
+    let (a_body, b_body) = (body(3, 7000), body(4, 3001));
+    let mut a = w
+        .reserve(meta(3, 3, RecordKind::MobileBatch), b"", a_body.len())
+        .unwrap();
+    let mut b = w
+        .reserve(meta(4, 4, RecordKind::Image), b"shot.png", b_body.len())
+        .unwrap();
+    a.unfilled()[..1000].copy_from_slice(&a_body[..1000]);
+    a.advance(1000);
+    let filler = body(5, 20_000);
+    for i in 0..4u64 {
+        w.append(meta(10 + i, 10 + i, RecordKind::WebBatch), b"", &[&filler])
+            .unwrap();
+        want.push((
+            meta(10 + i, 10 + i, RecordKind::WebBatch),
+            vec![],
+            filler.clone(),
+        ));
+    }
+    assert!(
+        segment_files(dir.path()).len() >= 2,
+        "the appends rolled the segment"
+    );
+    for chunk in a_body[1000..].chunks(999) {
+        a.unfilled()[..chunk.len()].copy_from_slice(chunk);
+        a.advance(chunk.len());
+    }
+    b.unfilled().copy_from_slice(&b_body);
+    b.advance(b_body.len());
+    assert!(a.is_complete() && b.is_complete());
+    assert_eq!((a.len(), a.filled()), (7000, 7000));
+    // Until their reservations commit, the rolled segment stays open.
+    let first = segment_files(dir.path())[0].1.clone();
+    assert!(!header_of(&first).is_sealed());
+    b.commit();
+    a.commit();
+    want.push((meta(3, 3, RecordKind::MobileBatch), vec![], a_body));
+    want.push((meta(4, 4, RecordKind::Image), b"shot.png".to_vec(), b_body));
+    wait_until("the rolled segment to be sealed", || {
+        header_of(&first).is_sealed()
+    });
+
+    w.close().unwrap();
+    service.shutdown();
+    want.sort_by_key(|(m, _, _)| m.arrival_unix_ns);
+    assert_eq!(contents(dir.path()), want);
+    assert_all_sealed(dir.path());
+    assert_eq!(
+        other_files(dir.path()),
+        [".lock"],
+        "no .prep- leftovers after shutdown"
+    );
+}
+
+#[test]
+fn failed_fill_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(1, 1, RecordKind::WebBatch), b"", &[b"before"])
+        .unwrap();
+    let failed = w.append_with(meta(2, 2, RecordKind::WebBatch), b"", 30_000, |out| {
+        // A forged committed record inside the scribble must never surface.
+        out.fill(0x31);
+        Err("bad gzip")
+    });
+    assert_eq!(failed.unwrap(), Err("bad gzip"));
+    // Everything past the cursor reads as zero again, live.
+    let (_, path) = segment_files(dir.path()).pop().unwrap();
+    let live = std::fs::read(&path).unwrap();
+    let scan = scan_segment(&live).unwrap();
+    assert_eq!((scan.records.len(), scan.torn), (1, false));
+    assert!(live[scan.end as usize..].iter().all(|&b| b == 0));
+
+    w.append(meta(3, 3, RecordKind::WebBatch), b"", &[b"after"])
+        .unwrap();
+    w.close().unwrap();
+    service.shutdown();
+    let got = contents(dir.path());
+    let bodies: Vec<&[u8]> = got.iter().map(|(_, _, b)| &b[..]).collect();
+    assert_eq!(bodies, [&b"before"[..], b"after"]);
+}
+
+#[test]
+fn dropped_reservation_is_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    let mut gone = w
+        .reserve(meta(1, 1, RecordKind::WebBatch), b"", 500)
+        .unwrap();
+    gone.unfilled()[..200].fill(7);
+    gone.advance(200);
+    w.append(meta(2, 2, RecordKind::WebBatch), b"", &[b"kept"])
+        .unwrap();
+    drop(gone);
+    let empty = w
+        .reserve(meta(3, 3, RecordKind::NotStarted), b"", 0)
+        .unwrap();
+    assert!(empty.is_complete() && empty.is_empty());
+    empty.commit();
+    w.close().unwrap();
+    service.shutdown();
+    let got = contents(dir.path());
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].0.session_id, &got[0].2[..]), (2, &b"kept"[..]));
+    assert_eq!((got[1].0.kind, got[1].2.len()), (RecordKind::NotStarted, 0));
+    let (_, path) = segment_files(dir.path()).pop().unwrap();
+    let scan = scan_segment(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(scan.count(RecordClass::Abandoned), 1);
+}
+
+#[test]
+fn rolls_by_size_and_by_age_and_seals_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    let mut w = service.writer(1).unwrap();
+    let t0 = Instant::now();
+    assert!(
+        w.tick(t0) >= t0 + Duration::from_secs(10),
+        "an empty segment never ages"
+    );
+    w.append(meta(1, 1, RecordKind::WebBatch), b"", &[&[1u8; 3000]])
+        .unwrap();
+    let due = w.tick(Instant::now());
+    assert!(due > Instant::now() && due <= Instant::now() + Duration::from_secs(10));
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    // Age: one tick past the deadline rolls; the 3 KB segment is truncated from 64 KiB.
+    w.tick(due + Duration::from_millis(1));
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2);
+    let first = &files[0].1;
+    wait_until("the aged segment to be sealed", || {
+        header_of(first).is_sealed()
+    });
+    let h = header_of(first);
+    assert_eq!(h.sealed_len, 64 + 40 + 3000);
+    assert_eq!(std::fs::metadata(first).unwrap().len(), h.sealed_len);
+    assert_eq!((h.worker, h.capacity), (1, SEG));
+    // Size: 20 records of 10 KB need four 64 KiB segments.
+    for i in 0..20 {
+        w.append(meta(2, 2 + i, RecordKind::WebBatch), b"", &[&[2u8; 10_000]])
+            .unwrap();
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2 + 3);
+    assert_eq!(
+        w.append(
+            meta(3, 99, RecordKind::WebBatch),
+            b"",
+            &[&vec![0u8; SEG as usize - 64 - 39]]
+        )
+        .unwrap_err()
+        .to_string(),
+        LogError::TooLarge.to_string()
+    );
+    let long_name = vec![b'n'; 70_000];
+    assert!(matches!(
+        w.append(meta(3, 99, RecordKind::Image), &long_name, &[]),
+        Err(LogError::NameTooLong)
+    ));
+    // The largest record that fits a segment is stored.
+    let biggest = vec![9u8; SEG as usize - 64 - 40];
+    w.append(meta(3, 100, RecordKind::WebBatch), b"", &[&biggest])
+        .unwrap();
+    w.close().unwrap();
+    service.shutdown();
+    assert_all_sealed(dir.path());
+    let seqs: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|(n, _)| n.seq)
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(read_records(dir.path()).unwrap().len(), 22);
+}
+
+#[test]
+fn empty_segments_are_removed_not_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let w = service.writer(0).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    w.close().unwrap();
+    service.shutdown();
+    assert!(segment_files(dir.path()).is_empty());
+}
+
+#[test]
+fn writers_are_one_per_worker_and_the_directory_one_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    assert!(matches!(service.writer(2), Err(LogError::Worker(2))));
+    let w = service.writer(0).unwrap();
+    assert!(matches!(service.writer(0), Err(LogError::Worker(0))));
+    assert!(matches!(recover(dir.path()), Err(LogError::Locked)));
+    assert!(matches!(
+        SegmentService::start(config(dir.path()), 1),
+        Err(LogError::Locked)
+    ));
+    w.close().unwrap();
+    // A closed worker's writer can be taken again.
+    let mut again = service.writer(0).unwrap();
+    again
+        .append(meta(1, 1, RecordKind::WebBatch), b"", &[b"x"])
+        .unwrap();
+    drop(again);
+    service.shutdown();
+    assert_eq!(recover(dir.path()).unwrap().segments, 1);
+    let mut bad = config(dir.path());
+    bad.segment_size = 10_000;
+    assert!(matches!(
+        SegmentService::start(bad, 1),
+        Err(LogError::Config(_))
+    ));
+}
+
+#[test]
+fn a_reader_sees_live_records_while_the_writer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(1, 1, RecordKind::WebBatch), b"", &[b"one"])
+        .unwrap();
+    let mut pending = w
+        .reserve(meta(2, 2, RecordKind::WebBatch), b"", 10)
+        .unwrap();
+    w.append(meta(3, 3, RecordKind::WebBatch), b"", &[b"three"])
+        .unwrap();
+    let live: Vec<u64> = contents(dir.path())
+        .iter()
+        .map(|r| r.0.session_id)
+        .collect();
+    assert_eq!(live, [1, 3]);
+    pending.unfilled().copy_from_slice(b"0123456789");
+    pending.advance(10);
+    pending.commit();
+    let live: Vec<u64> = contents(dir.path())
+        .iter()
+        .map(|r| r.0.session_id)
+        .collect();
+    assert_eq!(live, [1, 2, 3]);
+    drop(w);
+    service.shutdown();
+}
+
+/// Writes three records into one unsealed segment and "crashes" (forgets the writer and service
+/// without sealing). Returns the segment path and each record's offset.
+fn crashed_segment(dir: &Path) -> (PathBuf, Vec<u64>) {
+    let service = SegmentService::start(config(dir), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 1..=3u64 {
+        w.append(
+            meta(i, i, RecordKind::WebBatch),
+            b"",
+            &[&vec![i as u8; 1000]],
+        )
+        .unwrap();
+    }
+    std::mem::forget(w);
+    service.shutdown();
+    let (_, path) = segment_files(dir).pop().unwrap();
+    let scan = scan_segment(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(!scan.header.is_sealed());
+    (path, scan.records.iter().map(|r| r.offset).collect())
+}
+
+fn sessions(dir: &Path) -> Vec<u64> {
+    contents(dir).iter().map(|r| r.0.session_id).collect()
+}
+
+/// Damage done to the second argument's record (by index) of a crashed segment.
+#[derive(Clone, Copy)]
+enum Damage {
+    Nothing,
+    /// Cut the file this many bytes into the record.
+    CutInto(usize, u64),
+    /// Flip a bit of the byte this far into the record.
+    Flip(usize, u64),
+    /// Overwrite the record's state word.
+    State(usize, &'static [u8; 4]),
+}
+
+impl Damage {
+    fn apply(self, path: &Path, offsets: &[u64]) {
+        let mut b = std::fs::read(path).unwrap();
+        match self {
+            Damage::Nothing => {}
+            Damage::CutInto(i, n) => b.truncate((offsets[i] + n) as usize),
+            Damage::Flip(i, n) => b[(offsets[i] + n) as usize] ^= 0x40,
+            Damage::State(i, word) => b[offsets[i] as usize..][..4].copy_from_slice(word),
+        }
+        std::fs::write(path, b).unwrap();
+    }
+}
+
+struct DamageCase {
+    what: &'static str,
+    damage: Damage,
+    sessions: &'static [u64],
+    corrupt: u64,
+    incomplete: u64,
+    torn_tails: u32,
+    len_after: u64,
+}
+
+#[test]
+fn recovery_of_damaged_segments() {
+    const ALL: u64 = 64 + 3 * 1040;
+    let case = |what, damage, sessions, corrupt, incomplete, torn_tails, len_after| DamageCase {
+        what,
+        damage,
+        sessions,
+        corrupt,
+        incomplete,
+        torn_tails,
+        len_after,
+    };
+    let cases = [
+        case("none", Damage::Nothing, &[1, 2, 3], 0, 0, 0, ALL),
+        case(
+            "cut in the last record",
+            Damage::CutInto(2, 500),
+            &[1, 2],
+            0,
+            0,
+            1,
+            64 + 2 * 1040,
+        ),
+        case(
+            "flipped payload byte",
+            Damage::Flip(1, 300),
+            &[1, 3],
+            1,
+            0,
+            0,
+            ALL,
+        ),
+        case(
+            "flipped length byte",
+            Damage::Flip(1, 5),
+            &[1],
+            0,
+            0,
+            1,
+            64 + 1040,
+        ),
+        case(
+            "pending last record",
+            Damage::State(2, b"PEND"),
+            &[1, 2],
+            0,
+            1,
+            0,
+            ALL,
+        ),
+        case(
+            "unknown state word",
+            Damage::State(1, b"XXXX"),
+            &[1],
+            0,
+            0,
+            1,
+            64 + 1040,
+        ),
+    ];
+    for c in cases {
+        let what = c.what;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = crashed_segment(dir.path());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SEG, "{what}");
+        c.damage.apply(&path, &offsets);
+        let damaged_len = std::fs::metadata(&path).unwrap().len();
+        let records = c.sessions.len() as u64;
+        let expected = RecoverySummary {
+            segments: 1,
+            unsealed: 1,
+            records,
+            bytes: records * 1000,
+            corrupt: c.corrupt,
+            incomplete: c.incomplete,
+            torn_tails: c.torn_tails,
+            truncated_bytes: damaged_len - c.len_after,
+            quarantined: 0,
+        };
+        assert_eq!(recover(dir.path()).unwrap(), expected, "{what}");
+        assert_eq!(sessions(dir.path()), c.sessions, "{what}");
+        assert_eq!(header_of(&path).sealed_len, c.len_after, "{what}");
+        assert_all_sealed(dir.path());
+        // Recovering again finds only sealed segments and changes nothing.
+        let again = recover(dir.path()).unwrap();
+        assert_eq!(
+            (again.segments, again.unsealed, again.truncated_bytes),
+            (1, 0, 0),
+            "{what}"
+        );
+        assert_eq!(sessions(dir.path()), c.sessions, "{what}");
+    }
+}
+
+#[test]
+fn recovery_sets_aside_garbage_removes_empty_and_finishes_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crashed, _) = crashed_segment(dir.path());
+    let segs = dir.path().join(SEGMENTS_DIR);
+    std::fs::write(segs.join("w000-0000000000000007.seg"), body(9, 5000)).unwrap();
+    std::fs::write(segs.join("w001-0000000000000000.seg"), b"").unwrap();
+    std::fs::write(segs.join(".prep-w000-0000000000000003"), vec![0u8; 4096]).unwrap();
+    std::fs::write(segs.join("notes.txt"), b"left alone").unwrap();
+    let s = recover(dir.path()).unwrap();
+    assert_eq!(
+        (s.segments, s.unsealed, s.quarantined, s.records),
+        (3, 1, 1, 3)
+    );
+    assert_eq!(
+        other_files(dir.path()),
+        [".lock", "notes.txt", "w000-0000000000000007.seg.bad"]
+    );
+    // A seal interrupted before its truncation is finished.
+    let sealed_len = header_of(&crashed).sealed_len;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&crashed)
+        .unwrap();
+    f.set_len(sealed_len + 4096).unwrap();
+    let s = recover(dir.path()).unwrap();
+    assert_eq!((s.segments, s.unsealed, s.truncated_bytes), (1, 0, 4096));
+    assert_eq!(sessions(dir.path()), [1, 2, 3]);
+    // A restart continues worker 0's sequence after the set-aside seq 7.
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(9, 9, RecordKind::WebBatch), b"", &[b"new"])
+        .unwrap();
+    w.close().unwrap();
+    service.shutdown();
+    let seqs: Vec<(u16, u64)> = segment_files(dir.path())
+        .iter()
+        .map(|(n, _)| (n.worker, n.seq))
+        .collect();
+    assert_eq!(seqs, [(0, 0), (0, 8)]);
+}
+
+#[test]
+fn restart_recovers_and_continues_the_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = crashed_segment(dir.path());
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    assert_eq!(service.recovery().records, 3);
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(4, 4, RecordKind::WebBatch), b"", &[b"after restart"])
+        .unwrap();
+    w.close().unwrap();
+    service.shutdown();
+    let seqs: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|(n, _)| n.seq)
+        .collect();
+    assert_eq!(seqs, [0, 1]);
+    assert_eq!(sessions(dir.path()), [1, 2, 3, 4]);
+    assert_all_sealed(dir.path());
+}
+
+/// Random operations against a writer and a plain model of what must be readable.
+#[test]
+fn model_random_operations() {
+    for seed in [1u64, 2, 3] {
+        run_model(seed, 400);
+    }
+}
+
+struct Open {
+    reservation: Reservation,
+    want: (RecordMeta, Vec<u8>, Vec<u8>),
+}
+
+fn run_model(seed: u64, steps: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.prefault_window = rng.random_range(0..3) * 8192;
+    let service = SegmentService::start(cfg, 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    let mut model: Vec<(RecordMeta, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut open: Vec<Open> = Vec::new();
+    let mut arrival = 0u64;
+    let mut clock = Instant::now();
+    let kinds = RecordKind::ALL;
+
+    for step in 0..steps {
+        arrival += 1;
+        let m = meta(
+            rng.random(),
+            arrival,
+            kinds[rng.random_range(0..kinds.len())],
+        );
+        let name = if m.kind == RecordKind::Image {
+            format!("img-{step}.png").into_bytes()
+        } else {
+            Vec::new()
+        };
+        let len = match rng.random_range(0..10) {
+            0 => 0,
+            1 => rng.random_range(20_000..40_000),
+            _ => rng.random_range(1..3000),
+        };
+        let data = body(rng.random(), len);
+        match rng.random_range(0..100) {
+            0..30 => {
+                let cut = rng.random_range(0..=len);
+                w.append(m, &name, &[&data[..cut], &data[cut..]]).unwrap();
+                model.push((m, name, data));
+            }
+            30..40 => {
+                let max = len + rng.random_range(0..5000);
+                let fails = rng.random_bool(0.3);
+                let r = w
+                    .append_with(m, &name, max, |out| {
+                        out[..len].copy_from_slice(&data);
+                        if fails {
+                            out[len..].fill(0xAB);
+                            Err(())
+                        } else {
+                            Ok(len)
+                        }
+                    })
+                    .unwrap();
+                assert_eq!(r.is_err(), fails);
+                if !fails {
+                    model.push((m, name, data));
+                }
+            }
+            40..55 if open.len() < 6 => {
+                let reservation = w.reserve(m, &name, len).unwrap();
+                open.push(Open {
+                    reservation,
+                    want: (m, name, data),
+                });
+            }
+            55..85 if !open.is_empty() => {
+                let i = rng.random_range(0..open.len());
+                let o = &mut open[i];
+                let from = o.reservation.filled();
+                let n = rng.random_range(0..=o.reservation.len() - from).min(4000);
+                o.reservation.unfilled()[..n].copy_from_slice(&o.want.2[from..from + n]);
+                o.reservation.advance(n);
+                if o.reservation.is_complete() {
+                    let o = open.swap_remove(i);
+                    o.reservation.commit();
+                    model.push(o.want);
+                }
+            }
+            85..90 if !open.is_empty() => {
+                let i = rng.random_range(0..open.len());
+                drop(open.swap_remove(i));
+            }
+            90..95 => {
+                clock += Duration::from_secs(rng.random_range(0..12));
+                w.tick(clock);
+            }
+            95..97 => w.roll().unwrap(),
+            97..100 => {
+                // A concurrent reader sees exactly what was committed so far.
+                model.sort_by_key(|r| r.0.arrival_unix_ns);
+                assert_eq!(contents(dir.path()), model, "seed {seed} step {step}");
+            }
+            _ => {}
+        }
+    }
+    for o in open.drain(..) {
+        if rng.random_bool(0.5) {
+            drop(o);
+        } else {
+            let Open {
+                mut reservation,
+                want,
+            } = o;
+            let from = reservation.filled();
+            reservation.unfilled().copy_from_slice(&want.2[from..]);
+            reservation.advance(want.2.len() - from);
+            reservation.commit();
+            model.push(want);
+        }
+    }
+    w.close().unwrap();
+    service.shutdown();
+    model.sort_by_key(|r| r.0.arrival_unix_ns);
+    assert_eq!(contents(dir.path()), model, "seed {seed}");
+    assert_all_sealed(dir.path());
+    let s = recover(dir.path()).unwrap();
+    assert_eq!(
+        (s.unsealed, s.corrupt, s.torn_tails, s.quarantined),
+        (0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn record_kinds() {
+    for k in RecordKind::ALL {
+        assert_eq!(RecordKind::from_u8(k as u8), Some(k));
+    }
+    assert_eq!(RecordKind::from_u8(0), None);
+    assert_eq!(RecordKind::from_u8(8), None);
+    let topics = [
+        (RecordKind::WebBatch, Some(Topic::Raw), "web-batch"),
+        (RecordKind::SessionStart, Some(Topic::Raw), "session-start"),
+        (
+            RecordKind::WebAssetsBatch,
+            Some(Topic::RawAssets),
+            "web-assets-batch",
+        ),
+        (RecordKind::MobileBatch, Some(Topic::RawIos), "mobile-batch"),
+        (
+            RecordKind::MobileSessionStart,
+            Some(Topic::RawIos),
+            "mobile-session-start",
+        ),
+        (RecordKind::Image, None, "image"),
+        (RecordKind::NotStarted, None, "not-started"),
+    ];
+    for (k, topic, name) in topics {
+        assert_eq!((k.topic(), k.as_str()), (topic, name));
+    }
+}
+
+#[test]
+fn rolls_take_prepared_segments_and_stall_only_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..3 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[b"x"])
+            .unwrap();
+        wait_until("the next segment to be prepared", || {
+            service.shared.workers[0].prepared.len() == 1
+        });
+        w.roll().unwrap();
+    }
+    assert_eq!(w.stalls(), 0);
+    // With the service gone the writer keeps working, creating its own files.
+    service.shutdown();
+    w.roll().unwrap();
+    w.append(meta(9, 9, RecordKind::WebBatch), b"", &[b"late"])
+        .unwrap();
+    assert_eq!(w.stalls(), 1);
+    drop(w);
+    // Its last two segments could not be sealed; the next start-up recovers the one with a
+    // record and removes the empty one.
+    let s = recover(dir.path()).unwrap();
+    assert_eq!((s.unsealed, s.records), (2, 1));
+    assert_eq!(sessions(dir.path()), [0, 1, 2, 9]);
+    let seqs: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|(n, _)| n.seq)
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 4]);
+}

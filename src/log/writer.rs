@@ -1,0 +1,487 @@
+//! The hot path: one [`SegmentWriter`] per HTTP worker thread appends records to that worker's
+//! active segment through its mapping.
+//!
+//! In: records from the worker's routes (slices, a fill closure, or a [`Reservation`] the worker
+//! reads the socket into across event-loop turns). Out: framed, checksummed records in the
+//! mapping; rolled segments handed to the segment service for sealing once nothing uses them.
+//! Runs on the worker thread only (`!Send`: segments are shared with reservations through `Rc`).
+//!
+//! Per record: no heap allocation, no syscall. A roll costs a rename and a header write (the file
+//! itself was prepared by the service); finding nothing prepared costs a synchronous create,
+//! counted in [`SegmentWriter::stalls`].
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::log::format::{
+    record_crc, record_len, RecordHeader, SegmentHeader, SegmentName, RECORD_CRC_START,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_PENDING,
+};
+use crate::log::mmap::{Region, SegmentMap};
+use crate::log::service::{Command, PreparedSegment, SealJob, Shared};
+use crate::log::{LogError, RecordMeta};
+
+/// How long a new writer waits for the segment the service prepares at start-up (a create and
+/// a fallocate: milliseconds) before making its own.
+const FIRST_SEGMENT_WAIT: Duration = Duration::from_secs(5);
+/// Retry delay for `tick` when a roll by age failed (disk trouble): soon, but not every turn.
+const ROLL_RETRY: Duration = Duration::from_secs(1);
+
+pub struct SegmentWriter {
+    shared: Arc<Shared>,
+    worker: u16,
+    active: ActiveSegment,
+    /// A prepared segment was asked of the service and has not been received yet.
+    prepare_requested: bool,
+    stalls: u64,
+}
+
+/// The segment the writer appends to.
+struct ActiveSegment {
+    /// Everything at and past the cursor. Declared before `lease`: fields drop in order, and the
+    /// lease's drop hands the mapping to the service, which wants to hold its last handle.
+    tail: Region,
+    lease: Rc<SegmentLease>,
+    tag: u32,
+    first_record_at: Option<Instant>,
+    /// Offset up to which pages were pre-faulted or requested.
+    prefault_to: usize,
+}
+
+impl Drop for ActiveSegment {
+    fn drop(&mut self) {
+        self.lease.sealed_len.set(self.tail.offset() as u64);
+    }
+}
+
+/// Shared by a segment's writer and its reservations; the last one to let go sends the segment
+/// to the service for sealing.
+struct SegmentLease {
+    job: Option<SealJob>,
+    sealed_len: std::cell::Cell<u64>,
+    commands: crossbeam_channel::Sender<Command>,
+}
+
+impl Drop for SegmentLease {
+    fn drop(&mut self) {
+        if let Some(mut job) = self.job.take() {
+            job.sealed_len = self.sealed_len.get();
+            let path = job.path.clone();
+            if self.commands.send(Command::Seal(job)).is_err() {
+                log::warn!(
+                    "{}: segment service stopped; left unsealed for recovery",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+impl SegmentWriter {
+    /// Takes the first segment for `worker` (waiting for the service to prepare it).
+    pub(crate) fn open(shared: Arc<Shared>, worker: u16) -> Result<Self, LogError> {
+        let slot = &shared.workers[usize::from(worker)];
+        // At start-up the service prepares one segment per worker; wait for it rather than
+        // creating a second file. A previous writer of this worker may have taken it already.
+        // If it failed (or never comes), create one here; a late one is taken at the next roll.
+        let prepared = match slot.prepared.recv_timeout(FIRST_SEGMENT_WAIT) {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) | Err(_) => shared.prepare(worker, false)?,
+        };
+        let active = take_into_use(&shared, worker, prepared)?;
+        let mut writer = SegmentWriter {
+            shared,
+            worker,
+            active,
+            prepare_requested: false,
+            stalls: 0,
+        };
+        writer.request_prepare();
+        Ok(writer)
+    }
+
+    /// Rolls that found no prepared segment and created one on this thread.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
+    }
+
+    /// Appends a complete record whose body is the concatenation of `parts`. Rolls first if it
+    /// does not fit.
+    pub fn append(
+        &mut self,
+        meta: RecordMeta,
+        name: &[u8],
+        parts: &[&[u8]],
+    ) -> Result<(), LogError> {
+        let body_len = parts
+            .iter()
+            .try_fold(0usize, |sum, p| sum.checked_add(p.len()))
+            .ok_or(LogError::TooLarge)?;
+        let shape = self.make_room(name, body_len)?;
+        let buf = self.active.tail.bytes_mut();
+        let mut at = RECORD_HEADER_LEN + name.len();
+        buf[RECORD_HEADER_LEN..at].copy_from_slice(name);
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.commit_front(meta, shape);
+        Ok(())
+    }
+
+    /// Appends a record whose body `fill` writes into the mapping: it gets up to `max_len` bytes
+    /// and returns how many it wrote; those form the body. `fill` must not write past the count
+    /// it returns (those bytes would have to be zeroed, at a cost proportional to `max_len`).
+    /// If `fill` fails nothing is stored: what it wrote is zeroed again and its error returned.
+    /// Panics if `fill` claims more than `max_len` bytes. If `fill` itself panics, its bytes stay
+    /// past the cursor behind a zero state word (release builds abort, and recovery truncates
+    /// at that word); the writer must not be used again after such an unwind.
+    pub fn append_with<E>(
+        &mut self,
+        meta: RecordMeta,
+        name: &[u8],
+        max_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<Result<(), E>, LogError> {
+        self.make_room(name, max_len)?;
+        let body_at = RECORD_HEADER_LEN + name.len();
+        let body = &mut self.active.tail.bytes_mut()[body_at..body_at + max_len];
+        // The state word stays zero while `fill` runs, so readers see the end of records here.
+        match fill(body) {
+            Ok(written) => {
+                assert!(
+                    written <= max_len,
+                    "fill claimed more bytes than it was given"
+                );
+                self.active.tail.bytes_mut()[RECORD_HEADER_LEN..body_at].copy_from_slice(name);
+                // Cannot fail: no larger than the shape `make_room` accepted for `max_len`.
+                let shape = RecordShape::new(name.len(), written)?;
+                self.commit_front(meta, shape);
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                // Past the cursor everything must read as zero (the end-of-records rule), or
+                // inflated client bytes could later pass for a record.
+                body.fill(0);
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Reserves a record of exactly `len` body bytes, to be filled in place across event-loop
+    /// turns. Several reservations may be outstanding; other appends go on meanwhile.
+    pub fn reserve(
+        &mut self,
+        meta: RecordMeta,
+        name: &[u8],
+        len: usize,
+    ) -> Result<Reservation, LogError> {
+        let shape = self.make_room(name, len)?;
+        let mut region = self.active.tail.split_to(shape.record_len);
+        let header = RecordHeader::new(meta, self.active.tag, shape.name_len, shape.payload_len);
+        let bytes = region.bytes_mut();
+        bytes[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
+        bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + name.len()].copy_from_slice(name);
+        let crc = record_crc(&bytes[RECORD_CRC_START..RECORD_HEADER_LEN + name.len()]);
+        // Lengths first, then PENDING: a scanner that sees PENDING can step over the record.
+        region.publish_u32(0, STATE_PENDING);
+        self.claimed();
+        Ok(Reservation {
+            region,
+            _lease: Rc::clone(&self.active.lease),
+            body_at: RECORD_HEADER_LEN + name.len(),
+            len,
+            filled: 0,
+            crc,
+            done: false,
+        })
+    }
+
+    /// Rolls the active segment if its first record is older than the max age; returns when to
+    /// call again. The worker calls it once per poll turn.
+    pub fn tick(&mut self, now: Instant) -> Instant {
+        // LogConfig caps the max age, so these sums stay far from Instant's limits.
+        let max_age = self.shared.max_age;
+        match self.active.first_record_at {
+            Some(first) if now.saturating_duration_since(first) >= max_age => match self.roll() {
+                Ok(()) => now + max_age,
+                Err(e) => {
+                    log::error!("worker {}: rolling by age: {e}", self.worker);
+                    now + ROLL_RETRY
+                }
+            },
+            Some(first) => first + max_age,
+            None => now + max_age,
+        }
+    }
+
+    /// Stops writing and hands the active segment over for sealing. Reservations still
+    /// outstanding (the caller should have none) keep it open until they are dropped.
+    pub fn close(self) -> Result<(), LogError> {
+        debug_assert_eq!(
+            Rc::strong_count(&self.active.lease),
+            1,
+            "writer closed with reservations outstanding"
+        );
+        drop(self);
+        Ok(())
+    }
+
+    /// Rolls now: the active segment goes to sealing (once its reservations are done).
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        let prepared = match self.shared.workers[usize::from(self.worker)]
+            .prepared
+            .try_recv()
+        {
+            Ok(Ok(prepared)) => {
+                self.prepare_requested = false;
+                prepared
+            }
+            received => {
+                if received.is_ok() {
+                    // The service failed to prepare one; we create it here and ask again.
+                    self.prepare_requested = false;
+                }
+                self.stalls += 1;
+                self.shared.prepare(self.worker, false)?
+            }
+        };
+        let next = take_into_use(&self.shared, self.worker, prepared)?;
+        // Dropping the old segment records its length; it is sealed when its last user lets go.
+        self.active = next;
+        self.request_prepare();
+        Ok(())
+    }
+
+    fn request_prepare(&mut self) {
+        if !self.prepare_requested {
+            let worker = self.worker;
+            // A full queue blocks briefly; a stopped service means we create files ourselves.
+            self.prepare_requested = self
+                .shared
+                .commands
+                .send(Command::Prepare { worker })
+                .is_ok();
+        }
+    }
+
+    /// Makes sure a record of `name` and `body_len` fits at the cursor, rolling if needed.
+    fn make_room(&mut self, name: &[u8], body_len: usize) -> Result<RecordShape, LogError> {
+        let shape = RecordShape::new(name.len(), body_len)?;
+        if shape.record_len > self.shared.capacity - SEGMENT_HEADER_LEN {
+            return Err(LogError::TooLarge);
+        }
+        if shape.record_len > self.active.tail.len() {
+            self.roll()?;
+        }
+        Ok(shape)
+    }
+
+    /// Commits the record whose name and body are already at the front of the tail: header,
+    /// CRC over the bytes in place (still hot in cache), then the state word, then the cursor.
+    fn commit_front(&mut self, meta: RecordMeta, shape: RecordShape) {
+        let mut header =
+            RecordHeader::new(meta, self.active.tag, shape.name_len, shape.payload_len);
+        let buf = self.active.tail.bytes_mut();
+        buf[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
+        header.crc =
+            record_crc(&buf[RECORD_CRC_START..RECORD_HEADER_LEN + shape.payload_len as usize]);
+        buf[8..12].copy_from_slice(&header.crc.to_le_bytes());
+        self.active.tail.publish_u32(0, STATE_COMMITTED);
+        self.active.tail.advance(shape.record_len);
+        self.claimed();
+    }
+
+    /// Bookkeeping after the cursor moved: age clock, pre-fault window.
+    fn claimed(&mut self) {
+        let active = &mut self.active;
+        if active.first_record_at.is_none() {
+            active.first_record_at = Some(Instant::now());
+        }
+        let window = self.shared.prefault_window;
+        let capacity = self.shared.capacity;
+        let cursor = active.tail.offset();
+        // Ask for the next window once half of the current runway is used up.
+        if window == 0
+            || active.prefault_to >= capacity
+            || cursor.saturating_add(window / 2) < active.prefault_to
+        {
+            return;
+        }
+        let from = active.prefault_to.max(cursor);
+        let to = cursor.saturating_add(window).min(capacity);
+        let request = Command::Prefault {
+            map: Arc::clone(active.tail.map()),
+            offset: from,
+            len: to - from,
+        };
+        // Only a speed-up: when the queue is full, try again after the next record.
+        if self.shared.commands.try_send(request).is_ok() {
+            active.prefault_to = to;
+        }
+    }
+}
+
+impl Drop for SegmentWriter {
+    fn drop(&mut self) {
+        // `active` drops after this and hands the segment to sealing.
+        self.shared.workers[usize::from(self.worker)]
+            .taken
+            .store(false, Ordering::Release);
+    }
+}
+
+/// Sizes of one record, checked against the format's field widths.
+#[derive(Clone, Copy)]
+struct RecordShape {
+    name_len: u16,
+    payload_len: u32,
+    record_len: usize,
+}
+
+impl RecordShape {
+    fn new(name_len: usize, body_len: usize) -> Result<Self, LogError> {
+        let name_len = u16::try_from(name_len).map_err(|_| LogError::NameTooLong)?;
+        let payload = usize::from(name_len)
+            .checked_add(body_len)
+            .ok_or(LogError::TooLarge)?;
+        Ok(RecordShape {
+            name_len,
+            payload_len: u32::try_from(payload).map_err(|_| LogError::TooLarge)?,
+            record_len: record_len(payload).ok_or(LogError::TooLarge)?,
+        })
+    }
+}
+
+/// Writes the segment header into a prepared file and gives it its segment name.
+fn take_into_use(
+    shared: &Shared,
+    worker: u16,
+    prepared: PreparedSegment,
+) -> Result<ActiveSegment, LogError> {
+    let PreparedSegment {
+        file,
+        prep_path,
+        mut region,
+        prefaulted,
+    } = prepared;
+    let seq = shared.workers[usize::from(worker)]
+        .next_seq
+        .fetch_add(1, Ordering::Relaxed);
+    let header = SegmentHeader {
+        worker,
+        seq,
+        created_unix_ns: unix_ns(),
+        capacity: shared.capacity as u64,
+        sealed_len: 0,
+        flags: 0,
+    };
+    let mut head = region.split_to(SEGMENT_HEADER_LEN);
+    head.bytes_mut().copy_from_slice(&header.encode());
+    drop(head);
+    // The header is in the page cache before the name appears: a segment file never lacks it.
+    let path = shared
+        .segments_dir
+        .join(SegmentName { worker, seq }.file_name());
+    if let Err(e) = std::fs::rename(&prep_path, &path) {
+        let _ = std::fs::remove_file(&prep_path);
+        return Err(e.into());
+    }
+    let map: Arc<SegmentMap> = Arc::clone(region.map());
+    Ok(ActiveSegment {
+        tail: region,
+        lease: Rc::new(SegmentLease {
+            job: Some(SealJob {
+                map,
+                file,
+                path,
+                header,
+                sealed_len: SEGMENT_HEADER_LEN as u64,
+            }),
+            sealed_len: std::cell::Cell::new(SEGMENT_HEADER_LEN as u64),
+            commands: shared.commands.clone(),
+        }),
+        tag: header.tag(),
+        first_record_at: None,
+        prefault_to: prefaulted,
+    })
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A record being filled in place. Holds its segment open (the segment may roll meanwhile; it is
+/// sealed only once its last reservation is committed or dropped).
+pub struct Reservation {
+    /// Declared before `lease` so the mapping handle is gone before the lease may send the
+    /// segment to sealing.
+    region: Region,
+    _lease: Rc<SegmentLease>,
+    body_at: usize,
+    len: usize,
+    filled: usize,
+    /// CRC of everything covered so far: header fields, name, filled body.
+    crc: u32,
+    done: bool,
+}
+
+impl Reservation {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// The part not yet filled (read(2) straight into it).
+    pub fn unfilled(&mut self) -> &mut [u8] {
+        let start = self.body_at + self.filled;
+        &mut self.region.bytes_mut()[start..self.body_at + self.len]
+    }
+
+    /// Marks `n` more bytes filled and folds them into the CRC while they are hot in cache.
+    /// Panics if `n` exceeds what is unfilled (the caller's accounting bug).
+    pub fn advance(&mut self, n: usize) {
+        assert!(n <= self.len - self.filled, "advanced past the reservation");
+        let start = self.body_at + self.filled;
+        self.crc = crc32c::crc32c_append(self.crc, &self.region.bytes_mut()[start..start + n]);
+        self.filled += n;
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.filled == self.len
+    }
+
+    /// Commits a complete reservation. After this returns the record is in the page cache and
+    /// may be acknowledged. Committing an incomplete one is a bug: it panics in debug builds and
+    /// abandons the record otherwise (never stores a body the client did not send).
+    pub fn commit(mut self) {
+        debug_assert!(self.is_complete(), "commit of an incomplete reservation");
+        if !self.is_complete() {
+            log::error!("incomplete reservation committed; abandoned instead");
+            return;
+        }
+        self.region.bytes_mut()[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        self.region.publish_u32(0, STATE_COMMITTED);
+        self.done = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            // Lengths stay intact: readers step over the hole.
+            self.region.publish_u32(0, STATE_ABANDONED);
+        }
+    }
+}
