@@ -1,0 +1,470 @@
+//! Settings: command-line flags, OpenReplay's environment names, an optional TOML file, and
+//! embedded defaults, merged into one validated [`Config`].
+//!
+//! Precedence, highest first: a flag, then its environment variable, then the config file, then
+//! the default. The environment names are the ones OpenReplay operators already use
+//! (`HTTP_PORT`, `TOKEN_SECRET`, `BEACON_SIZE_LIMIT`, ...), so a deployment can swap its Go ingest
+//! pods for these nodes without rewriting its manifests. Runs once, on the main thread.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a node needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub data_dir: PathBuf,
+    pub projects_file: Option<PathBuf>,
+    /// `None`: generate one and keep it in the data directory.
+    pub token_secret: Option<String>,
+    /// The session-id shard (0-255): distinct per node so that ids never collide.
+    pub shard: u8,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub beacon_size_limit: u64,
+    pub compression_threshold: u64,
+    pub json_size_limit: u64,
+    pub file_size_limit: u64,
+    pub use_cors: bool,
+    pub topic_raw_web: String,
+    pub topic_raw_ios: String,
+    pub topic_raw_assets: String,
+    pub segment_size: u64,
+    pub segment_max_age: Duration,
+    pub prefault_window: usize,
+    pub geoip_db: Option<PathBuf>,
+    pub max_connections: usize,
+}
+
+/// The flags of `replay-ingest serve`. Every field is optional so that "not given" falls through
+/// to the environment, the file and the default, in that order.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML config file (keys are the long flag names with `_`, e.g. `data_dir = "/var/lib/x"`).
+    #[arg(long, env = "REPLAY_INGEST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 0.0.0.0:8080; `HTTP_HOST`/`HTTP_PORT` also set it).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "HTTP_HOST", hide_env_values = true)]
+    pub http_host: Option<String>,
+    #[arg(long, env = "HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Where segments, the generated token secret and the demo project live (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Projects JSON file; without one a demo project is created.
+    #[arg(long)]
+    pub projects: Option<PathBuf>,
+    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Session-id shard, 0-255 (default 0).
+    #[arg(long, env = "SHARD")]
+    pub shard: Option<u8>,
+    /// Time to receive a request head (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub head_timeout: Option<Duration>,
+    /// Time to receive a request body (default 60s).
+    #[arg(long, env = "HTTP_TIMEOUT", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
+    /// Idle keep-alive time (default 75s).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time given to in-flight requests at shutdown (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    #[arg(long, env = "BEACON_SIZE_LIMIT")]
+    pub beacon_size_limit: Option<u64>,
+    #[arg(long, env = "COMPRESSION_THRESHOLD")]
+    pub compression_threshold: Option<u64>,
+    #[arg(long, env = "JSON_SIZE_LIMIT")]
+    pub json_size_limit: Option<u64>,
+    #[arg(long, env = "FILE_SIZE_LIMIT")]
+    pub file_size_limit: Option<u64>,
+    #[arg(long, env = "USE_CORS", value_parser = parse_bool)]
+    pub use_cors: Option<bool>,
+    #[arg(long, env = "TOPIC_RAW_WEB")]
+    pub topic_raw_web: Option<String>,
+    #[arg(long, env = "TOPIC_RAW_IOS")]
+    pub topic_raw_ios: Option<String>,
+    #[arg(long, env = "TOPIC_RAW_ASSETS")]
+    pub topic_raw_assets: Option<String>,
+    /// Segment size in bytes (default 64 MiB).
+    #[arg(long)]
+    pub segment_size: Option<u64>,
+    /// Age at which a non-empty segment is sealed (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub segment_max_age: Option<Duration>,
+    /// MaxMind GeoIP2/GeoLite2 database for userCountry/State/City.
+    #[arg(long, env = "MAXMINDDB_FILE")]
+    pub geoip_db: Option<PathBuf>,
+    /// Connection cap per node (default: from RLIMIT_NOFILE).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+}
+
+/// The config file: the same names as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    workers: Option<usize>,
+    data_dir: Option<PathBuf>,
+    projects: Option<PathBuf>,
+    token_secret: Option<String>,
+    shard: Option<u8>,
+    #[serde(default, with = "humantime_opt")]
+    head_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    http_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    shutdown_timeout: Option<Duration>,
+    beacon_size_limit: Option<u64>,
+    compression_threshold: Option<u64>,
+    json_size_limit: Option<u64>,
+    file_size_limit: Option<u64>,
+    use_cors: Option<bool>,
+    topic_raw_web: Option<String>,
+    topic_raw_ios: Option<String>,
+    topic_raw_assets: Option<String>,
+    segment_size: Option<u64>,
+    #[serde(default, with = "humantime_opt")]
+    segment_max_age: Option<Duration>,
+    geoip_db: Option<PathBuf>,
+    max_connections: Option<usize>,
+}
+
+mod humantime_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("HTTP_HOST {0:?} is not an IP address")]
+    BadHost(String),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// The segment size: large enough that rolls are rare, small enough that a sealed segment is
+/// handed on within seconds on a busy node.
+const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// How far ahead of a writer pages are pre-faulted: a few hundred 8 KiB batches.
+const DEFAULT_PREFAULT_WINDOW: usize = 4 << 20;
+
+impl Config {
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(a: &ServeArgs, f: FileConfig) -> Result<Config, ConfigError> {
+        let listen = match (a.listen, &a.http_host, a.http_port) {
+            (Some(addr), _, _) => addr,
+            (None, None, None) => f
+                .listen
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080)),
+            (None, host, port) => {
+                let ip = match host.as_deref().map(str::trim) {
+                    None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    Some(h) => h.parse().map_err(|_| ConfigError::BadHost(h.to_string()))?,
+                };
+                let port = port.or(f.listen.map(|l| l.port())).unwrap_or(8080);
+                SocketAddr::new(ip, port)
+            }
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = a.workers.or(f.workers).unwrap_or(cores);
+        if workers == 0 || workers > 256 {
+            return Err(ConfigError::Invalid("workers must be 1-256"));
+        }
+        let segment_size = a
+            .segment_size
+            .or(f.segment_size)
+            .unwrap_or(DEFAULT_SEGMENT_SIZE);
+        if segment_size < (1 << 20) {
+            return Err(ConfigError::Invalid("segment_size must be at least 1 MiB"));
+        }
+        let config = Config {
+            listen,
+            workers,
+            data_dir: a
+                .data_dir
+                .clone()
+                .or(f.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            projects_file: a.projects.clone().or(f.projects),
+            token_secret: a.token_secret.clone().or(f.token_secret),
+            shard: a.shard.or(f.shard).unwrap_or(0),
+            head_timeout: a
+                .head_timeout
+                .or(f.head_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            body_timeout: a
+                .http_timeout
+                .or(f.http_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            idle_timeout: a
+                .idle_timeout
+                .or(f.idle_timeout)
+                .unwrap_or(Duration::from_secs(75)),
+            shutdown_timeout: a
+                .shutdown_timeout
+                .or(f.shutdown_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            beacon_size_limit: a
+                .beacon_size_limit
+                .or(f.beacon_size_limit)
+                .unwrap_or(1_000_000),
+            compression_threshold: a
+                .compression_threshold
+                .or(f.compression_threshold)
+                .unwrap_or(20_000),
+            json_size_limit: a.json_size_limit.or(f.json_size_limit).unwrap_or(1000),
+            file_size_limit: a
+                .file_size_limit
+                .or(f.file_size_limit)
+                .unwrap_or(10_000_000),
+            use_cors: a.use_cors.or(f.use_cors).unwrap_or(true),
+            topic_raw_web: a
+                .topic_raw_web
+                .clone()
+                .or(f.topic_raw_web)
+                .unwrap_or_else(|| "raw".into()),
+            topic_raw_ios: a
+                .topic_raw_ios
+                .clone()
+                .or(f.topic_raw_ios)
+                .unwrap_or_else(|| "raw-ios".into()),
+            topic_raw_assets: a
+                .topic_raw_assets
+                .clone()
+                .or(f.topic_raw_assets)
+                .unwrap_or_else(|| "raw-assets".into()),
+            segment_size,
+            segment_max_age: a
+                .segment_max_age
+                .or(f.segment_max_age)
+                .unwrap_or(Duration::from_secs(10)),
+            prefault_window: DEFAULT_PREFAULT_WINDOW,
+            geoip_db: a.geoip_db.clone().or(f.geoip_db),
+            max_connections: a
+                .max_connections
+                .or(f.max_connections)
+                .unwrap_or_else(default_max_connections),
+        };
+        if config.json_size_limit == 0 || config.beacon_size_limit == 0 {
+            return Err(ConfigError::Invalid("size limits must be positive"));
+        }
+        // A batch must fit a segment with room to spare, or it could never be stored.
+        if config.batch_size_limit() > config.segment_size / 2
+            || config.file_size_limit > config.segment_size / 2
+        {
+            return Err(ConfigError::Invalid(
+                "segment_size must be at least twice the largest body limit",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Decoded bytes accepted on the batch routes. The tracker fills batches up to 200,000 bytes
+    /// and sends one larger message in a batch of up to `beaconSizeLimit` (PROTOCOL.md).
+    pub fn batch_size_limit(&self) -> u64 {
+        self.beacon_size_limit.max(200_000)
+    }
+
+    pub fn segments_dir(&self) -> PathBuf {
+        self.data_dir.join("segments")
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+/// Leaves room under the descriptor limit for segment files and the listeners.
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if ok { limit.rlim_cur } else { 1024 };
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub(64).max(64)
+}
+
+/// Go-style durations as OpenReplay's settings use them (`60s`, `500ms`, `2m`); a bare number is
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+/// `USE_CORS` accepts what Go's strconv.ParseBool does.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("not a boolean: {other:?}")),
+    }
+}
+
+/// Reads `TOKEN_SECRET` or the secret kept in the data directory, generating it on first use.
+/// Returns the secret and whether it was generated now.
+pub fn load_or_create_secret(config: &Config) -> std::io::Result<(Vec<u8>, bool)> {
+    if let Some(secret) = &config.token_secret {
+        return Ok((secret.as_bytes().to_vec(), false));
+    }
+    let path = config.data_path("token-secret");
+    match std::fs::read(&path) {
+        Ok(bytes) if !bytes.is_empty() => return Ok((trim_newline(bytes), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let secret = random_token(48);
+    write_private(&path, secret.as_bytes())?;
+    Ok((secret.into_bytes(), true))
+}
+
+fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// Random alphanumeric text from the OS generator.
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Writes a file readable by its owner only, atomically (temp file + rename).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file: FileConfig = toml::from_str(
+            "workers = 3\njson_size_limit = 2000\nhttp_timeout = \"5s\"\nuse_cors = false",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            workers: Some(2),
+            ..ServeArgs::default()
+        };
+        let c = Config::merge(&args, file).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.json_size_limit, 2000);
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        assert!(!c.use_cors);
+        assert_eq!(c.beacon_size_limit, 1_000_000);
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn http_host_and_port_make_the_listen_address() {
+        let args = ServeArgs {
+            http_host: Some("127.0.0.1".into()),
+            http_port: Some(9000),
+            ..ServeArgs::default()
+        };
+        let c = Config::merge(&args, FileConfig::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        let args = ServeArgs {
+            http_port: Some(9001),
+            ..ServeArgs::default()
+        };
+        let c = Config::merge(&args, FileConfig::default()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9001".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("wokers = 3").is_err());
+    }
+
+    #[test]
+    fn tiny_segments_are_refused() {
+        let args = ServeArgs {
+            segment_size: Some(1 << 20),
+            ..ServeArgs::default()
+        };
+        assert!(Config::merge(&args, FileConfig::default()).is_err());
+    }
+}
