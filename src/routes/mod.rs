@@ -1,0 +1,675 @@
+//! Routes: what each endpoint of the OpenReplay ingest protocol does with a request.
+//!
+//! A worker's connection parses a request head and calls [`begin`], which resolves the route,
+//! checks method, size limits and the session token, and decides how the body is taken in:
+//! straight into the log (a plain `Content-Length` batch), into a buffer (JSON, gzip, chunked,
+//! `visual` and multipart bodies), dropped, or not at all. When the body is complete the
+//! connection calls [`finish_stream`] or [`finish_buffered`], which stores records and writes the
+//! answer. Runs on the worker threads; [`NodeState`] is shared read-only between them.
+//!
+//! The batch path (`/i`, `late`) allocates nothing: the head is a `Copy` struct of offsets, the
+//! token is verified in place, and the answer is a canned byte string.
+
+mod images;
+mod mobile;
+mod web;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::flake::SessionIdGenerator;
+use crate::geo::GeoDb;
+use crate::http::{
+    write_empty, write_error, write_preflight, BodyFraming, Method, RequestHead, ResponseOptions,
+    Status,
+};
+use crate::log::{RecordKind, RecordMeta, Reservation, SegmentWriter};
+use crate::project::{Project, Projects};
+use crate::token::{SessionToken, TokenError, TokenSigner};
+use crate::useragent::UserAgentParser;
+
+pub use web::SessionTable;
+
+/// Everything the routes share, read-only but for the session table.
+pub struct NodeState {
+    pub config: Config,
+    pub projects: Projects,
+    pub signer: TokenSigner,
+    pub ids: SessionIdGenerator,
+    pub user_agents: UserAgentParser,
+    pub geo: Option<GeoDb>,
+    pub sessions: SessionTable,
+    /// Decoded bytes accepted on the batch routes.
+    pub batch_limit: u64,
+}
+
+impl NodeState {
+    pub fn new(
+        config: Config,
+        projects: Projects,
+        secret: &[u8],
+        geo: Option<GeoDb>,
+    ) -> Arc<NodeState> {
+        let batch_limit = config
+            .batch_size_limit()
+            .max(projects.max_beacon_size_limit().unwrap_or(0));
+        Arc::new(NodeState {
+            ids: SessionIdGenerator::new(config.shard),
+            signer: TokenSigner::new(secret),
+            user_agents: UserAgentParser::new(),
+            sessions: SessionTable::default(),
+            config,
+            projects,
+            geo,
+            batch_limit,
+        })
+    }
+}
+
+/// What a worker lends a request: its log and reusable buffers.
+pub struct WorkerCtx<'a> {
+    pub node: &'a NodeState,
+    pub log: &'a mut SegmentWriter,
+    /// Scratch for gzip-decoded bodies that must be split or parsed, and for JSON answers.
+    pub scratch: &'a mut Vec<u8>,
+    pub worker_id: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    WebStart,
+    WebBatch,
+    WebNotStarted,
+    WebFeatureFlags,
+    WebTags,
+    WebConditions(u64),
+    WebImages,
+    MobileStart,
+    MobileBatch,
+    MobileLate,
+    MobileImages,
+}
+
+impl Route {
+    /// Maps a request path to its route; every route is also served under `/ingest`.
+    pub fn resolve(path: &[u8]) -> Option<Route> {
+        let path = path.strip_prefix(b"/ingest").unwrap_or(path);
+        let route = match path {
+            b"/" | b"" => Route::Health,
+            b"/v1/web/start" => Route::WebStart,
+            b"/v1/web/i" => Route::WebBatch,
+            b"/v1/web/not-started" => Route::WebNotStarted,
+            b"/v1/web/feature-flags" => Route::WebFeatureFlags,
+            b"/v1/web/tags" => Route::WebTags,
+            b"/v1/web/images" => Route::WebImages,
+            b"/v1/ios/start" | b"/v1/mobile/start" => Route::MobileStart,
+            b"/v1/ios/i" | b"/v1/ios/append" | b"/v1/mobile/i" => Route::MobileBatch,
+            b"/v1/ios/late" | b"/v1/mobile/late" => Route::MobileLate,
+            b"/v1/ios/images" | b"/v1/mobile/images" => Route::MobileImages,
+            other => {
+                let id = other.strip_prefix(b"/v1/web/conditions/")?;
+                Route::WebConditions(parse_decimal(id)?)
+            }
+        };
+        Some(route)
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Route::Health | Route::WebTags | Route::WebConditions(_) => Method::Get,
+            _ => Method::Post,
+        }
+    }
+
+    /// Wire bytes accepted in a body.
+    fn body_limit(self, node: &NodeState) -> u64 {
+        let c = &node.config;
+        match self {
+            Route::WebBatch | Route::MobileBatch | Route::MobileLate => node.batch_limit,
+            Route::WebImages | Route::MobileImages => c.file_size_limit,
+            Route::Health | Route::WebTags | Route::WebConditions(_) => 0,
+            Route::WebStart
+            | Route::MobileStart
+            | Route::WebNotStarted
+            | Route::WebFeatureFlags => c.json_size_limit,
+        }
+    }
+
+    fn needs_token(self) -> bool {
+        !matches!(
+            self,
+            Route::Health | Route::WebStart | Route::MobileStart | Route::WebNotStarted
+        )
+    }
+}
+
+fn parse_decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// How the tracker labelled a web batch (`DataType` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataType {
+    /// player, devtools, analytics, or no header (protocol version 1): the `raw` topic.
+    Raw,
+    /// assets: the `raw-assets` topic.
+    Assets,
+    /// a player batch and an assets batch concatenated, split at `split`.
+    Visual,
+}
+
+impl DataType {
+    fn from_header(value: Option<&[u8]>) -> DataType {
+        match value.map(|v| v.trim_ascii()) {
+            Some(v) if v.eq_ignore_ascii_case(b"assets") => DataType::Assets,
+            Some(v) if v.eq_ignore_ascii_case(b"visual") => DataType::Visual,
+            _ => DataType::Raw,
+        }
+    }
+}
+
+/// Owned copies of the head fields the start, images and not-started routes use after the
+/// body has arrived (the head's bytes may be gone by then). Rare routes: an allocation is fine.
+#[derive(Debug, Default)]
+pub struct ClientInfo {
+    pub user_agent: String,
+    pub ip: Option<IpAddr>,
+    pub content_type: Vec<u8>,
+}
+
+/// What a request needs once its body is complete.
+#[derive(Debug)]
+pub struct Pending {
+    route: Route,
+    opts: ResponseOptions,
+    token: Option<SessionToken>,
+    /// The token expired less than 30 s ago: store, then answer 401.
+    just_expired: bool,
+    gzip: bool,
+    data_type: DataType,
+    split: Option<usize>,
+    client: Option<Box<ClientInfo>>,
+}
+
+impl Pending {
+    pub fn opts(&self) -> ResponseOptions {
+        self.opts
+    }
+
+    /// The node began shutting down while the body arrived: the answer says the connection closes.
+    pub fn close_after(&mut self) {
+        self.opts.keep_alive = false;
+    }
+}
+
+/// How the connection is to take in the body, decided from the head.
+pub enum Begin {
+    /// An answer is written and no body follows.
+    Answered,
+    /// An answer is written; a body may follow, which must be dropped (or the connection closed).
+    AnsweredSkipBody,
+    /// An answer is written and the connection must close after it.
+    AnsweredClose,
+    /// Read exactly `len` body bytes straight into the log, then call [`finish_stream`].
+    Stream(Reservation, Pending),
+    /// Read the whole body into a buffer (at most `limit` decoded bytes), then call [`finish_buffered`].
+    Buffer { pending: Pending, limit: u64 },
+}
+
+/// The client's address as OpenReplay takes it (first X-Forwarded-For entry, X-Real-IP, peer).
+fn client_ip(head: &RequestHead, buf: &[u8], peer: IpAddr) -> IpAddr {
+    crate::geo::client_ip(
+        head.forwarded_for.map(|s| s.get(buf)),
+        head.real_ip.map(|s| s.get(buf)),
+        peer,
+    )
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn error(out: &mut Vec<u8>, status: Status, opts: ResponseOptions, message: &str) -> Begin {
+    write_error(out, status, opts, message);
+    Begin::AnsweredSkipBody
+}
+
+/// Decides what to do with a request from its head. `buf` is the buffer the head's spans point
+/// into; `keep_alive` is false when the connection is going to close anyway (shutdown).
+pub fn begin(
+    ctx: &mut WorkerCtx<'_>,
+    head: &RequestHead,
+    buf: &[u8],
+    peer: IpAddr,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Begin {
+    let node = ctx.node;
+    let mut opts = ResponseOptions {
+        cors: node.config.use_cors,
+        keep_alive: keep_alive && head.keep_alive,
+        allow_get: false,
+        minor_version: head.minor_version,
+    };
+    let Some(route) = Route::resolve(head.path.get(buf)) else {
+        return error(out, Status::NotFound, opts, "not found");
+    };
+    opts.allow_get = route.method() == Method::Get;
+    if head.method == Method::Options && route != Route::Health {
+        write_preflight(out, opts);
+        return Begin::AnsweredSkipBody;
+    }
+    if head.method != route.method() {
+        return error(out, Status::MethodNotAllowed, opts, "method not allowed");
+    }
+    if route == Route::Health {
+        write_empty(out, Status::Ok, opts);
+        return Begin::AnsweredSkipBody;
+    }
+
+    let limit = route.body_limit(node);
+    if let BodyFraming::Length(len) = head.framing {
+        if len > limit && limit > 0 {
+            opts.keep_alive = false;
+            write_error(out, Status::PayloadTooLarge, opts, "request body too large");
+            return Begin::AnsweredClose;
+        }
+    }
+
+    let mut token = None;
+    let mut just_expired = false;
+    if route.needs_token() {
+        let now = now_ms();
+        match verify_bearer(&node.signer, head.authorization.map(|s| s.get(buf))) {
+            Ok(t) if !t.is_expired(now) => token = Some(t),
+            Ok(t) if route == Route::MobileLate => token = Some(t),
+            Ok(t) if t.is_just_expired(now) && is_batch(route) => {
+                token = Some(t);
+                just_expired = true;
+            }
+            Ok(_) => return error(out, Status::Unauthorized, opts, "token expired"),
+            Err(e) => return error(out, Status::Unauthorized, opts, e.message()),
+        }
+    }
+
+    match route {
+        Route::WebTags => {
+            web::tags(ctx, token, opts, out);
+            return Begin::AnsweredSkipBody;
+        }
+        Route::WebConditions(project_id) => {
+            web::conditions(ctx, project_id, opts, out);
+            return Begin::AnsweredSkipBody;
+        }
+        _ => {}
+    }
+
+    let data_type = if route == Route::WebBatch {
+        DataType::from_header(head.data_type.map(|s| s.get(buf)))
+    } else {
+        DataType::Raw
+    };
+    let split = if data_type == DataType::Visual {
+        match query_param(head.query.map(|s| s.get(buf)), b"split").and_then(parse_decimal) {
+            Some(split) if split > 0 => Some(split as usize),
+            _ => return error(out, Status::BadRequest, opts, "bad split"),
+        }
+    } else {
+        None
+    };
+    let client = match route {
+        Route::WebStart
+        | Route::MobileStart
+        | Route::WebNotStarted
+        | Route::WebImages
+        | Route::MobileImages
+        | Route::WebFeatureFlags => Some(Box::new(ClientInfo {
+            user_agent: head
+                .user_agent
+                .map(|s| String::from_utf8_lossy(s.get(buf)).into_owned())
+                .unwrap_or_default(),
+            ip: Some(client_ip(head, buf, peer)),
+            content_type: head
+                .content_type
+                .map(|s| s.get(buf).to_vec())
+                .unwrap_or_default(),
+        })),
+        _ => None,
+    };
+    let pending = Pending {
+        route,
+        opts,
+        token,
+        just_expired,
+        gzip: head.gzip,
+        data_type,
+        split,
+        client,
+    };
+
+    match head.framing {
+        BodyFraming::None | BodyFraming::Length(0) => {
+            write_error(out, Status::BadRequest, opts, "empty request body");
+            Begin::Answered
+        }
+        // The hot path: a plain batch of known length goes from the socket into the log.
+        BodyFraming::Length(len)
+            if is_batch(route) && !head.gzip && data_type != DataType::Visual =>
+        {
+            let meta = batch_meta(route, data_type, token);
+            match ctx.log.reserve(meta, b"", len as usize) {
+                Ok(reservation) => Begin::Stream(reservation, pending),
+                Err(e) => {
+                    log::error!("cannot reserve {len} bytes in the log: {e}");
+                    opts.keep_alive = false;
+                    write_error(out, Status::InternalServerError, opts, "cannot store batch");
+                    Begin::AnsweredClose
+                }
+            }
+        }
+        BodyFraming::Length(_) | BodyFraming::Chunked => Begin::Buffer { pending, limit },
+    }
+}
+
+fn is_batch(route: Route) -> bool {
+    matches!(
+        route,
+        Route::WebBatch | Route::MobileBatch | Route::MobileLate
+    )
+}
+
+fn batch_meta(route: Route, data_type: DataType, token: Option<SessionToken>) -> RecordMeta {
+    let kind = match (route, data_type) {
+        (Route::WebBatch, DataType::Assets) => RecordKind::WebAssetsBatch,
+        (Route::WebBatch, _) => RecordKind::WebBatch,
+        _ => RecordKind::MobileBatch,
+    };
+    RecordMeta {
+        session_id: token.map_or(0, |t| t.session_id),
+        arrival_unix_ns: now_ns(),
+        kind,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BearerError {
+    Missing,
+    Token(TokenError),
+}
+
+impl BearerError {
+    fn message(self) -> &'static str {
+        match self {
+            BearerError::Missing => "missing authorization token",
+            BearerError::Token(TokenError::Malformed) => "malformed token",
+            BearerError::Token(TokenError::BadSignature) => "bad token signature",
+        }
+    }
+}
+
+fn verify_bearer(signer: &TokenSigner, value: Option<&[u8]>) -> Result<SessionToken, BearerError> {
+    let value = value.ok_or(BearerError::Missing)?.trim_ascii();
+    let token = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => return Err(BearerError::Missing),
+    };
+    signer.verify(token).map_err(BearerError::Token)
+}
+
+/// The value of `name` in a query string (`a=1&b=2`); no percent-decoding (the tracker's
+/// parameters are plain digits).
+fn query_param<'a>(query: Option<&'a [u8]>, name: &[u8]) -> Option<&'a [u8]> {
+    query?.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (key == name).then_some(value)
+    })
+}
+
+/// A streamed batch is complete in the log: commit it and answer.
+pub fn finish_stream(reservation: Reservation, pending: Pending, out: &mut Vec<u8>) {
+    reservation.commit();
+    answer_stored(&pending, out);
+}
+
+fn answer_stored(pending: &Pending, out: &mut Vec<u8>) {
+    if pending.just_expired {
+        write_error(out, Status::Unauthorized, pending.opts, "token expired");
+    } else {
+        write_empty(out, Status::Ok, pending.opts);
+    }
+}
+
+/// A buffered body is complete (chunked framing already removed, gzip not yet).
+pub fn finish_buffered(ctx: &mut WorkerCtx<'_>, pending: Pending, body: &[u8], out: &mut Vec<u8>) {
+    let opts = pending.opts;
+    let result = match pending.route {
+        Route::WebBatch | Route::MobileBatch | Route::MobileLate => {
+            store_batch(ctx, &pending, body)
+        }
+        Route::WebStart => web::start(ctx, &pending, body, out),
+        Route::MobileStart => mobile::start(ctx, &pending, body, out),
+        Route::WebNotStarted => web::not_started(ctx, &pending, body),
+        Route::WebFeatureFlags => web::feature_flags(ctx, &pending, body, out),
+        Route::WebImages | Route::MobileImages => images::upload(ctx, &pending, body),
+        Route::Health | Route::WebTags | Route::WebConditions(_) => Ok(Answer::Ok),
+    };
+    match result {
+        Ok(Answer::Ok) => answer_stored(&pending, out),
+        Ok(Answer::Written) => {}
+        Err(Reject(status, message)) => write_error(out, status, opts, message),
+    }
+}
+
+/// How a buffered handler answered.
+enum Answer {
+    /// Answer 200 empty (401 for a just-expired batch).
+    Ok,
+    /// The handler wrote its own answer.
+    Written,
+}
+
+/// A refusal: status and the text of the JSON error.
+struct Reject(Status, &'static str);
+
+impl From<crate::log::LogError> for Reject {
+    fn from(e: crate::log::LogError) -> Reject {
+        log::error!("cannot store a record: {e}");
+        Reject(Status::InternalServerError, "cannot store the request")
+    }
+}
+
+/// Why inflating a gzip body stopped.
+enum Inflate {
+    TooLarge,
+    Corrupt,
+}
+
+/// Inflates a gzip body into `dst`, failing when the output would not fit (a gzip bomb).
+fn inflate_into(body: &[u8], dst: &mut [u8]) -> Result<usize, Inflate> {
+    use std::io::Read;
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    let mut filled = 0;
+    while filled < dst.len() {
+        match decoder.read(&mut dst[filled..]) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Inflate::Corrupt),
+        }
+    }
+    let mut probe = [0u8; 1];
+    match decoder.read(&mut probe) {
+        Ok(0) => Ok(filled),
+        Ok(_) => Err(Inflate::TooLarge),
+        Err(_) => Err(Inflate::Corrupt),
+    }
+}
+
+impl From<Inflate> for Reject {
+    fn from(e: Inflate) -> Reject {
+        match e {
+            Inflate::TooLarge => Reject(Status::PayloadTooLarge, "decoded body too large"),
+            Inflate::Corrupt => Reject(Status::BadRequest, "malformed gzip body"),
+        }
+    }
+}
+
+/// Gunzips `body` into the worker's scratch buffer (capped at `limit`) and returns it.
+fn gunzip_to_scratch<'s>(
+    scratch: &'s mut Vec<u8>,
+    body: &[u8],
+    limit: u64,
+) -> Result<&'s [u8], Reject> {
+    scratch.clear();
+    scratch.resize(limit as usize, 0);
+    let len = inflate_into(body, scratch)?;
+    scratch.truncate(len);
+    Ok(scratch)
+}
+
+/// Stores a buffered batch: gzip is inflated straight into the log; a visual batch is stored as
+/// its player part and its assets part.
+fn store_batch(ctx: &mut WorkerCtx<'_>, p: &Pending, body: &[u8]) -> Result<Answer, Reject> {
+    let limit = ctx.node.batch_limit;
+    let meta = batch_meta(p.route, p.data_type, p.token);
+    if p.data_type == DataType::Visual {
+        let body = if p.gzip {
+            gunzip_to_scratch(ctx.scratch, body, limit)?
+        } else {
+            body
+        };
+        let split = p.split.unwrap_or(0);
+        if split == 0 || split >= body.len() {
+            return Err(Reject(Status::BadRequest, "split outside the batch"));
+        }
+        let (player, assets) = body.split_at(split);
+        ctx.log.append(meta, b"", &[player])?;
+        let assets_meta = RecordMeta {
+            kind: RecordKind::WebAssetsBatch,
+            ..meta
+        };
+        ctx.log.append(assets_meta, b"", &[assets])?;
+        return Ok(Answer::Ok);
+    }
+    if p.gzip {
+        ctx.log
+            .append_with(meta, b"", limit as usize, |dst| inflate_into(body, dst))??;
+        return Ok(Answer::Ok);
+    }
+    if body.is_empty() {
+        return Err(Reject(Status::BadRequest, "empty request body"));
+    }
+    ctx.log.append(meta, b"", &[body])?;
+    Ok(Answer::Ok)
+}
+
+/// A JSON body, gunzipped when the request said so (capped at the JSON limit).
+fn json_body<'s>(
+    ctx: &'s mut WorkerCtx<'_>,
+    p: &Pending,
+    body: &'s [u8],
+) -> Result<&'s [u8], Reject> {
+    if p.gzip {
+        let limit = ctx.node.config.json_size_limit;
+        return gunzip_to_scratch(ctx.scratch, body, limit);
+    }
+    Ok(body)
+}
+
+/// The project of a start or upload request, or the answer OpenReplay gives.
+fn project_by_key<'n>(node: &'n NodeState, key: Option<&str>) -> Result<&'n Arc<Project>, Reject> {
+    match key {
+        None | Some("") => Err(Reject(Status::Forbidden, "projectKey value required")),
+        Some(key) => node
+            .projects
+            .by_key(key)
+            .ok_or(Reject(Status::NotFound, "project doesn't exist")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve_with_and_without_prefix() {
+        for (path, route) in [
+            (&b"/"[..], Some(Route::Health)),
+            (b"/ingest", Some(Route::Health)),
+            (b"/v1/web/i", Some(Route::WebBatch)),
+            (b"/ingest/v1/web/i", Some(Route::WebBatch)),
+            (b"/ingest/v1/web/start", Some(Route::WebStart)),
+            (b"/v1/ios/append", Some(Route::MobileBatch)),
+            (b"/v1/mobile/i", Some(Route::MobileBatch)),
+            (b"/ingest/v1/mobile/late", Some(Route::MobileLate)),
+            (b"/v1/mobile/images", Some(Route::MobileImages)),
+            (b"/v1/web/conditions/42", Some(Route::WebConditions(42))),
+            (b"/v1/web/conditions/", None),
+            (b"/v1/web/conditions/x", None),
+            (b"/v1/web/i/", None),
+            (b"/v2/web/i", None),
+            (b"/ingestv1/web/i", None),
+        ] {
+            assert_eq!(
+                Route::resolve(path),
+                route,
+                "{}",
+                String::from_utf8_lossy(path)
+            );
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        let q = Some(&b"batch=0_1_1129_kyes&split=855"[..]);
+        assert_eq!(query_param(q, b"split"), Some(&b"855"[..]));
+        assert_eq!(query_param(q, b"batch"), Some(&b"0_1_1129_kyes"[..]));
+        assert_eq!(query_param(q, b"spl"), None);
+        assert_eq!(query_param(None, b"split"), None);
+        assert_eq!(query_param(Some(b"split"), b"split"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn data_types() {
+        assert_eq!(DataType::from_header(None), DataType::Raw);
+        assert_eq!(DataType::from_header(Some(b"player")), DataType::Raw);
+        assert_eq!(DataType::from_header(Some(b"Assets")), DataType::Assets);
+        assert_eq!(DataType::from_header(Some(b"visual")), DataType::Visual);
+    }
+
+    #[test]
+    fn inflation_is_capped() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 100_000]).unwrap();
+        let bomb = gz.finish().unwrap();
+        let mut dst = vec![0u8; 100_000];
+        assert_eq!(inflate_into(&bomb, &mut dst).ok(), Some(100_000));
+        let mut small = vec![0u8; 99_999];
+        assert!(matches!(
+            inflate_into(&bomb, &mut small),
+            Err(Inflate::TooLarge)
+        ));
+        assert!(matches!(
+            inflate_into(b"not gzip", &mut dst),
+            Err(Inflate::Corrupt)
+        ));
+    }
+}
