@@ -1,0 +1,515 @@
+//! One client connection: bytes in, HTTP/1.1 requests out to the routes, answers back.
+//!
+//! Owned by its worker thread, driven when mio reports readiness (edge-triggered: every drive
+//! reads and writes until the socket would block, or until a fairness budget runs out). The state
+//! enum says what the next input bytes are: a request head, a body streamed into the log, a body
+//! buffered for a handler, a body being dropped, or nothing (closing). Answers are appended to
+//! `out` in request order, so pipelined requests are answered in order, and written with as few
+//! `write` calls as the socket allows.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::http::{
+    parse_head, write_error, BodyFraming, ChunkError, ChunkedDecoder, HeadError, ResponseOptions,
+    Status, CONTINUE_100, MAX_HEAD_BYTES,
+};
+use crate::log::Reservation;
+use crate::routes::{self, Begin, Pending, WorkerCtx};
+
+/// Size of a connection's input buffer: a whole head (at most 16 KiB) always fits after the
+/// unread bytes are moved to the front, and a read takes up to this much at once.
+pub const INBUF_SIZE: usize = 32 * 1024;
+
+/// Stop taking requests from a client that does not read its answers once this much is queued.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// Reads per drive before other connections get their turn.
+const READ_BUDGET: usize = 16;
+
+/// Input buffers of idle connections are returned here, so that ten thousand idle keep-alive
+/// connections do not hold ten thousand buffers.
+#[derive(Default)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+/// Buffers kept for reuse; more than this are freed.
+const POOL_MAX: usize = 256;
+
+impl BufPool {
+    fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| vec![0; INBUF_SIZE])
+    }
+
+    fn give(&mut self, buf: Vec<u8>) {
+        if self.free.len() < POOL_MAX && buf.len() == INBUF_SIZE {
+            self.free.push(buf);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub body: Duration,
+    pub idle: Duration,
+}
+
+/// What a drive lends the connection.
+pub struct Env<'a, 'w> {
+    pub ctx: &'a mut WorkerCtx<'w>,
+    pub pool: &'a mut BufPool,
+    pub now: Instant,
+    pub stopping: bool,
+    pub timeouts: Timeouts,
+}
+
+/// The outcome of a drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for the next readiness event.
+    Wait,
+    /// The read budget ran out with input possibly left: drive again this turn.
+    Again,
+    /// Close the connection now.
+    Close,
+}
+
+/// Where the connection is in the request cycle, for its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Body,
+    Closing,
+}
+
+enum BufferFraming {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+enum State {
+    Head,
+    Stream {
+        reservation: Reservation,
+        pending: Pending,
+        keep: bool,
+    },
+    Buffer {
+        pending: Pending,
+        body: Vec<u8>,
+        framing: BufferFraming,
+        keep: bool,
+    },
+    Discard {
+        framing: BufferFraming,
+        keep: bool,
+    },
+    Closing,
+}
+
+pub struct Conn {
+    socket: TcpStream,
+    peer: IpAddr,
+    state: State,
+    /// `inbuf[start..end]` holds bytes read and not yet consumed. Empty (no allocation) when idle.
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    phase: Phase,
+    deadline: Instant,
+    close_after_flush: bool,
+}
+
+impl Conn {
+    pub fn new(socket: TcpStream, peer: IpAddr, now: Instant, idle: Duration) -> Conn {
+        Conn {
+            socket,
+            peer,
+            state: State::Head,
+            inbuf: Vec::new(),
+            start: 0,
+            end: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            phase: Phase::Idle,
+            deadline: now + idle,
+            close_after_flush: false,
+        }
+    }
+
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Idle between requests, nothing buffered: safe to close at shutdown.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle && self.start == self.end && self.out_pos == self.out.len()
+    }
+
+    pub fn drive(&mut self, env: &mut Env<'_, '_>) -> Step {
+        for _ in 0..READ_BUDGET {
+            self.process(env);
+            if self.flush().is_err() {
+                return Step::Close;
+            }
+            let queued = self.out.len() - self.out_pos;
+            if self.close_after_flush {
+                return if queued == 0 { Step::Close } else { Step::Wait };
+            }
+            if queued > OUT_HIGH_WATER {
+                return Step::Wait;
+            }
+            match self.fill(env.pool) {
+                Ok(0) => {
+                    // The peer is done sending. Answer what it asked, then close; a request
+                    // cut short can never complete.
+                    self.close_after_flush = true;
+                    if !matches!(self.state, State::Head) || self.start != self.end {
+                        self.state = State::Closing;
+                        return Step::Close;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.release_idle_buffer(env.pool);
+                    return Step::Wait;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        Step::Again
+    }
+
+    /// Reads what the socket has: straight into the log when a streamed body is waiting for
+    /// bytes and none are buffered, else into the input buffer.
+    fn fill(&mut self, pool: &mut BufPool) -> io::Result<usize> {
+        if let State::Stream { reservation, .. } = &mut self.state {
+            if self.start == self.end {
+                let n = self.socket.read(reservation.unfilled())?;
+                reservation.advance(n);
+                return Ok(n);
+            }
+        }
+        if self.inbuf.is_empty() {
+            self.inbuf = pool.take();
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.inbuf.len() || self.start > INBUF_SIZE / 2 {
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = self.socket.read(&mut self.inbuf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.socket.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+
+    fn release_idle_buffer(&mut self, pool: &mut BufPool) {
+        if self.start == self.end && !self.inbuf.is_empty() && matches!(self.state, State::Head) {
+            pool.give(std::mem::take(&mut self.inbuf));
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Consumes buffered input: heads, then bodies, request after request.
+    fn process(&mut self, env: &mut Env<'_, '_>) {
+        loop {
+            if self.out.len() - self.out_pos > OUT_HIGH_WATER {
+                return;
+            }
+            let state = std::mem::replace(&mut self.state, State::Closing);
+            self.state = match state {
+                State::Head => {
+                    if self.start == self.end {
+                        self.state = State::Head;
+                        return;
+                    }
+                    match self.start_request(env) {
+                        Some(next) => next,
+                        None => {
+                            if self.phase == Phase::Idle {
+                                self.enter(Phase::Head, env);
+                            }
+                            self.state = State::Head;
+                            return;
+                        }
+                    }
+                }
+                State::Stream {
+                    mut reservation,
+                    mut pending,
+                    keep,
+                } => {
+                    let buffered = &self.inbuf[self.start..self.end];
+                    let dst = reservation.unfilled();
+                    let n = buffered.len().min(dst.len());
+                    dst[..n].copy_from_slice(&buffered[..n]);
+                    reservation.advance(n);
+                    self.start += n;
+                    if !reservation.is_complete() {
+                        self.state = State::Stream {
+                            reservation,
+                            pending,
+                            keep,
+                        };
+                        return;
+                    }
+                    let keep = keep && !env.stopping;
+                    if !keep {
+                        pending.close_after();
+                    }
+                    routes::finish_stream(reservation, pending, &mut self.out);
+                    self.request_done(keep, env)
+                }
+                State::Buffer {
+                    mut pending,
+                    mut body,
+                    mut framing,
+                    keep,
+                } => match self.take_body(&mut framing, &mut body) {
+                    Ok(true) => {
+                        let keep = keep && !env.stopping;
+                        if !keep {
+                            pending.close_after();
+                        }
+                        routes::finish_buffered(env.ctx, pending, &body, &mut self.out);
+                        self.request_done(keep, env)
+                    }
+                    Ok(false) => {
+                        self.state = State::Buffer {
+                            pending,
+                            body,
+                            framing,
+                            keep,
+                        };
+                        return;
+                    }
+                    Err(e) => self.refuse_body(e, pending.opts()),
+                },
+                State::Discard { mut framing, keep } => {
+                    let mut sink = std::mem::take(env.ctx.scratch);
+                    let taken = self.take_body(&mut framing, &mut sink);
+                    sink.clear();
+                    *env.ctx.scratch = sink;
+                    match taken {
+                        Ok(true) => self.request_done(keep, env),
+                        Ok(false) => {
+                            self.state = State::Discard { framing, keep };
+                            return;
+                        }
+                        Err(_) => {
+                            self.close_after_flush = true;
+                            State::Closing
+                        }
+                    }
+                }
+                State::Closing => {
+                    self.start = self.end;
+                    self.state = State::Closing;
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Parses a head from the buffer and begins its request. None: the head is incomplete.
+    fn start_request(&mut self, env: &mut Env<'_, '_>) -> Option<State> {
+        let buffered = &self.inbuf[self.start..self.end];
+        let head = match parse_head(buffered) {
+            Ok(Some(head)) => head,
+            Ok(None) => return None,
+            Err(e) => return Some(self.refuse_head(e, env)),
+        };
+        let keep = head.keep_alive && !env.stopping;
+        let begin = routes::begin(env.ctx, &head, buffered, self.peer, keep, &mut self.out);
+        self.start += head.head_len;
+        let framing = match head.framing {
+            BodyFraming::None | BodyFraming::Length(0) => None,
+            BodyFraming::Length(n) => Some(BufferFraming::Length(n)),
+            BodyFraming::Chunked => Some(BufferFraming::Chunked(ChunkedDecoder::new(u64::MAX))),
+        };
+        let continue_body = |out: &mut Vec<u8>| {
+            if head.expect_continue {
+                out.extend_from_slice(CONTINUE_100);
+            }
+        };
+        let next = match begin {
+            Begin::Answered => return Some(self.request_done(keep, env)),
+            Begin::AnsweredClose => {
+                self.close_after_flush = true;
+                State::Closing
+            }
+            Begin::AnsweredSkipBody => match framing {
+                None => return Some(self.request_done(keep, env)),
+                // The client waits for a 100 it will not get: it may or may not send the
+                // body, so the connection cannot be reused.
+                Some(_) if head.expect_continue => {
+                    self.close_after_flush = true;
+                    State::Closing
+                }
+                Some(framing) => State::Discard { framing, keep },
+            },
+            Begin::Stream(reservation, pending) => {
+                continue_body(&mut self.out);
+                State::Stream {
+                    reservation,
+                    pending,
+                    keep,
+                }
+            }
+            Begin::Buffer { pending, limit } => {
+                continue_body(&mut self.out);
+                let framing = match head.framing {
+                    BodyFraming::Chunked => BufferFraming::Chunked(ChunkedDecoder::new(limit)),
+                    BodyFraming::Length(n) => BufferFraming::Length(n),
+                    BodyFraming::None => BufferFraming::Length(0),
+                };
+                State::Buffer {
+                    pending,
+                    body: Vec::new(),
+                    framing,
+                    keep,
+                }
+            }
+        };
+        self.enter(Phase::Body, env);
+        Some(next)
+    }
+
+    /// Moves buffered input into `body` per its framing; true when the body is complete.
+    fn take_body(
+        &mut self,
+        framing: &mut BufferFraming,
+        body: &mut Vec<u8>,
+    ) -> Result<bool, ChunkError> {
+        let buffered = &self.inbuf[self.start..self.end];
+        match framing {
+            BufferFraming::Length(remaining) => {
+                let n = buffered
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                body.extend_from_slice(&buffered[..n]);
+                self.start += n;
+                *remaining -= n as u64;
+                Ok(*remaining == 0)
+            }
+            BufferFraming::Chunked(decoder) => {
+                let consumed = decoder.decode(buffered, body)?;
+                self.start += consumed;
+                Ok(decoder.is_done())
+            }
+        }
+    }
+
+    fn refuse_head(&mut self, e: HeadError, env: &Env<'_, '_>) -> State {
+        let opts = ResponseOptions {
+            cors: env.ctx.node.config.use_cors,
+            keep_alive: false,
+            allow_get: false,
+            minor_version: 1,
+        };
+        write_error(&mut self.out, e.status(), opts, e.message());
+        self.start = self.end;
+        self.close_after_flush = true;
+        State::Closing
+    }
+
+    fn refuse_body(&mut self, e: ChunkError, opts: ResponseOptions) -> State {
+        let opts = ResponseOptions {
+            keep_alive: false,
+            ..opts
+        };
+        match e {
+            ChunkError::TooLarge => write_error(
+                &mut self.out,
+                Status::PayloadTooLarge,
+                opts,
+                "request body too large",
+            ),
+            ChunkError::Malformed | ChunkError::Overflow => write_error(
+                &mut self.out,
+                Status::BadRequest,
+                opts,
+                "malformed chunked body",
+            ),
+        }
+        self.start = self.end;
+        self.close_after_flush = true;
+        State::Closing
+    }
+
+    fn request_done(&mut self, keep: bool, env: &Env<'_, '_>) -> State {
+        if keep {
+            self.enter(Phase::Idle, env);
+            State::Head
+        } else {
+            self.close_after_flush = true;
+            self.enter(Phase::Closing, env);
+            State::Closing
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, env: &Env<'_, '_>) {
+        self.phase = phase;
+        let t = env.timeouts;
+        self.deadline = env.now
+            + match phase {
+                Phase::Idle => t.idle,
+                Phase::Head => t.head,
+                Phase::Body | Phase::Closing => t.body,
+            };
+    }
+
+    /// The deadline passed: a client that was mid-request is told so (best effort), then closed.
+    pub fn time_out(&mut self, cors: bool) {
+        if matches!(self.phase, Phase::Head | Phase::Body) && self.out_pos == self.out.len() {
+            let opts = ResponseOptions {
+                cors,
+                keep_alive: false,
+                allow_get: false,
+                minor_version: 1,
+            };
+            write_error(
+                &mut self.out,
+                Status::RequestTimeout,
+                opts,
+                "request timed out",
+            );
+            let _ = self.flush();
+        }
+    }
+}
+
+#[allow(dead_code)]
+const _: () = assert!(MAX_HEAD_BYTES <= INBUF_SIZE / 2);

@@ -1,0 +1,255 @@
+//! A worker thread's event loop, in mio's own shape: reserved tokens for the listener and the
+//! waker, connections in a `Slab`, accept/read/write until `WouldBlock`, events treated as hints,
+//! timers (connection deadlines, segment age) handled once per poll turn.
+//!
+//! Shutdown: the main thread sets `stopping` and wakes the loop. The listener is dropped, idle
+//! connections are closed, connections mid-request finish (their answers say `Connection: close`)
+//! until the shutdown timeout, and then the segment writer is closed, which seals its segment.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::conn::{BufPool, Conn, Env, Step, Timeouts};
+use crate::log::SegmentWriter;
+use crate::routes::{NodeState, WorkerCtx};
+
+pub const LISTENER: Token = Token(usize::MAX - 1);
+pub const WAKER: Token = Token(usize::MAX - 2);
+
+/// How often deadlines are checked: timeouts are seconds long, a sweep of ten thousand
+/// connections costs microseconds.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Worker {
+    id: u16,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    node: Arc<NodeState>,
+    log: SegmentWriter,
+    stopping: Arc<AtomicBool>,
+    conns: Slab<Conn>,
+    max_connections: usize,
+    /// Connections whose drive ran out of budget: driven again before the next poll blocks.
+    again: VecDeque<usize>,
+    pool: BufPool,
+    scratch: Vec<u8>,
+    timeouts: Timeouts,
+    refused_at_cap: u64,
+}
+
+impl Worker {
+    pub fn new(
+        id: u16,
+        poll: Poll,
+        mut listener: TcpListener,
+        node: Arc<NodeState>,
+        log: SegmentWriter,
+        stopping: Arc<AtomicBool>,
+        max_connections: usize,
+    ) -> io::Result<Worker> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let timeouts = Timeouts {
+            head: node.config.head_timeout,
+            body: node.config.body_timeout,
+            idle: node.config.idle_timeout,
+        };
+        Ok(Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            node,
+            log,
+            stopping,
+            conns: Slab::with_capacity(1024),
+            max_connections,
+            again: VecDeque::new(),
+            pool: BufPool::default(),
+            scratch: Vec::new(),
+            timeouts,
+            refused_at_cap: 0,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        let mut next_tick = Instant::now();
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let timeout = if self.again.is_empty() {
+                next_sweep.min(next_tick).saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("worker {}: poll failed: {e}", self.id);
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {}
+                    Token(key) => self.drive(key, now),
+                }
+            }
+            for _ in 0..self.again.len() {
+                if let Some(key) = self.again.pop_front() {
+                    self.drive(key, now);
+                }
+            }
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP_INTERVAL;
+            }
+            if now >= next_tick {
+                next_tick = self.log.tick(now);
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                let deadline = *shutdown_deadline.get_or_insert_with(|| {
+                    self.begin_shutdown();
+                    now + self.node.config.shutdown_timeout
+                });
+                self.close_idle();
+                if self.conns.is_empty() || now >= deadline {
+                    break;
+                }
+                // Come back soon to close connections as their last answers go out.
+                next_sweep = next_sweep.min(now + Duration::from_millis(50));
+            }
+        }
+        let unfinished = self.conns.len();
+        if unfinished > 0 {
+            log::warn!(
+                "worker {}: closing {unfinished} connections still busy at shutdown",
+                self.id
+            );
+        }
+        // Dropping the connections drops their reservations, which marks them abandoned.
+        self.conns.clear();
+        if let Err(e) = self.log.close() {
+            log::error!("worker {}: closing the segment failed: {e}", self.id);
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut socket, peer)) => {
+                    if self.conns.len() >= self.max_connections {
+                        self.refused_at_cap += 1;
+                        if self.refused_at_cap.is_power_of_two() {
+                            log::warn!(
+                                "worker {}: at the connection cap ({}), {} refused so far",
+                                self.id,
+                                self.max_connections,
+                                self.refused_at_cap
+                            );
+                        }
+                        continue;
+                    }
+                    let _ = socket.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut socket,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("worker {}: cannot register a connection: {e}", self.id);
+                        continue;
+                    }
+                    entry.insert(Conn::new(socket, peer.ip(), now, self.timeouts.idle));
+                    // Data may have arrived with the connection; edge-triggered readiness would
+                    // report it anyway, this saves a wake-up.
+                    self.drive(key, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors or memory: leave the backlog for the next event.
+                    log::warn!("worker {}: accept failed: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut ctx = WorkerCtx {
+            node: &self.node,
+            log: &mut self.log,
+            scratch: &mut self.scratch,
+            worker_id: self.id,
+        };
+        let mut env = Env {
+            ctx: &mut ctx,
+            pool: &mut self.pool,
+            now,
+            stopping: self.stopping.load(Ordering::Relaxed),
+            timeouts: self.timeouts,
+        };
+        match conn.drive(&mut env) {
+            Step::Wait => {}
+            Step::Again => self.again.push_back(key),
+            Step::Close => self.close(key),
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(conn.socket());
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let cors = self.node.config.use_cors;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline() <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.time_out(cors);
+            }
+            self.close(key);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .map(|(key, _)| key)
+            .collect();
+        for key in idle {
+            self.close(key);
+        }
+    }
+}
