@@ -13,10 +13,14 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;
+pub mod config;
 pub mod device;
 pub mod flake;
 pub mod geo;
 pub mod http;
 pub mod log;
+pub mod net;
+pub mod project;
+pub mod routes;
 pub mod token;
 pub mod useragent;
