@@ -1,0 +1,238 @@
+//! What a node keeps: across a clean restart, a crash with a torn tail or a damaged record,
+//! segment rolls, and a graceful shutdown with a request in flight. The real binary.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use replay_ingest::log::scan_segment;
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn post_batches(node: &Node, token: &str, batches: &[Vec<u8>]) {
+    let mut conn = node.connect();
+    for b in batches {
+        conn.write_all(&batch_request(token, "player", "", b))
+            .unwrap();
+        let r = read_response(&mut conn).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// Distinct batches that are easy to tell apart in a file.
+fn numbered_batches(n: usize, len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut b = vec![81, 2, 0, 0, 0, 0];
+            b.extend(std::iter::repeat_n(b'a' + i as u8, len));
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn restart_keeps_everything() {
+    let kept = tempfile::tempdir().unwrap();
+    let dir = kept.path().to_path_buf();
+    let node = Node::builder().dir(&dir).start();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let sid = Node::session_id(&s);
+    let batches = numbered_batches(3, 500);
+    post_batches(&node, &token, &batches);
+    let gz = fixture("pv2-batch4-player.wire-gzip.bin");
+    let r = node.post(
+        "/v1/web/i",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gz,
+    );
+    assert_eq!(r.status, 200);
+    let before = node.cat(sid, None);
+
+    let status = node.stop();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    for f in segment_files(&dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        let scan = scan_segment(&bytes).unwrap();
+        assert!(
+            scan.header.is_sealed(),
+            "{} sealed at shutdown",
+            f.display()
+        );
+        assert!(!scan.torn);
+    }
+
+    let node = Node::builder().dir(&dir).start();
+    assert_eq!(node.cat(sid, None), before);
+    // The old token still works after the restart: the secret is the same.
+    let more = numbered_batches(1, 77);
+    post_batches(&node, &token, &more);
+    let mut expected = before.clone();
+    expected.extend_from_slice(&more[0]);
+    assert_eq!(node.cat(sid, None), expected);
+}
+
+#[test]
+fn crash_recovery_truncates_a_torn_tail_and_skips_a_damaged_record() {
+    let kept = tempfile::tempdir().unwrap();
+    let node = Node::builder().dir(kept.path()).start();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let sid = Node::session_id(&s);
+    let batches = numbered_batches(5, 300);
+    post_batches(&node, &token, &batches);
+    node.crash();
+
+    // Find the segment that holds the batches (one connection: one worker).
+    let (path, scan) = segment_files(kept.path())
+        .into_iter()
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let scan = scan_segment(&bytes).unwrap();
+            let hits = scan
+                .records
+                .iter()
+                .filter(|r| {
+                    r.meta().is_some_and(|m| {
+                        m.session_id == sid && m.kind == replay_ingest::log::RecordKind::WebBatch
+                    })
+                })
+                .count();
+            (hits == 5).then_some((p, scan))
+        })
+        .expect("a segment with the five batches");
+    assert!(!scan.header.is_sealed(), "a crash leaves the segment open");
+    let batch_records: Vec<_> = scan
+        .records
+        .iter()
+        .filter(|r| {
+            r.meta().is_some_and(|m| {
+                m.session_id == sid && m.kind == replay_ingest::log::RecordKind::WebBatch
+            })
+        })
+        .copied()
+        .collect();
+    // Flip a byte inside the body of the second batch.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let flip = batch_records[1].body_range().start + 100;
+    bytes[flip] ^= 0x40;
+    // Tear the last batch: the file ends in the middle of its body.
+    let last = batch_records[4];
+    let cut = last.body_range().start + 50;
+    bytes.truncate(cut);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let node = Node::builder().dir(kept.path()).start();
+    let log = node.stderr();
+    let summary = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("recovered"))
+        .expect("a recovery summary")
+        .to_string();
+    assert!(summary.contains("1 corrupt"), "{summary}");
+    assert!(summary.contains("1 torn tails"), "{summary}");
+    let mut expected = node.cat(sid, None);
+    // The SessionStart, then batches 0, 2, 3: the damaged one skipped, the torn one gone.
+    let start_len = expected.len() - (batches[0].len() + batches[2].len() + batches[3].len());
+    expected.truncate(start_len);
+    for i in [0, 2, 3] {
+        expected.extend_from_slice(&batches[i]);
+    }
+    assert_eq!(node.cat(sid, None), expected);
+    // The torn segment is sealed at its last good record, and new batches still land.
+    let scan = scan_segment(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(scan.header.is_sealed());
+    assert!(!scan.torn);
+    assert_eq!(scan.end, last.offset);
+    post_batches(&node, &token, &numbered_batches(1, 10));
+}
+
+#[test]
+fn segments_roll_by_size_and_by_age() {
+    let node = Node::builder()
+        .arg("--segment-size")
+        .arg("4194304")
+        .env("FILE_SIZE_LIMIT", "1000000")
+        .arg("--segment-max-age")
+        .arg("1s")
+        .workers(1)
+        .start();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let sid = Node::session_id(&s);
+    // 12 batches of ~900 KB: at least two rolls by size in a 4 MiB segment.
+    let batches = numbered_batches(12, 900_000);
+    post_batches(&node, &token, &batches);
+    std::thread::sleep(Duration::from_millis(2500));
+    let files = segment_files(&node.dir);
+    let sealed = files
+        .iter()
+        .filter(|f| {
+            scan_segment(&std::fs::read(f).unwrap())
+                .unwrap()
+                .header
+                .is_sealed()
+        })
+        .count();
+    assert!(sealed >= 3, "{sealed} sealed of {}", files.len());
+    // Sealed segments are cut to their used length.
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let scan = scan_segment(&bytes).unwrap();
+        if scan.header.is_sealed() {
+            assert_eq!(bytes.len() as u64, scan.end, "{}", f.display());
+        }
+    }
+    let mut expected = Vec::new();
+    for b in &batches {
+        expected.extend_from_slice(b);
+    }
+    assert!(node.cat(sid, None).ends_with(&expected));
+}
+
+#[test]
+fn graceful_shutdown_finishes_a_request_in_flight() {
+    let node = Node::start();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let sid = Node::session_id(&s);
+    let body = numbered_batches(1, 5000).remove(0);
+    let raw = batch_request(&token, "player", "", &body);
+    let mut conn = node.connect();
+    conn.write_all(&raw[..raw.len() - 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&node.child, libc_sigterm());
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused once the listeners are closed.
+    assert!(
+        std::net::TcpStream::connect(node.addr).is_err() || {
+            let mut c = node.connect();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").ok();
+            read_response(&mut c).is_none()
+        }
+    );
+    conn.write_all(&raw[raw.len() - 1000..]).unwrap();
+    let r = read_response(&mut conn).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    let dir = node.dir.clone();
+    let mut node = node;
+    let status = wait_timeout(&mut node.child, Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(cat(&dir, sid, None).ends_with(&body));
+}

@@ -1,0 +1,338 @@
+//! Black-box tests of the HTTP side: the real binary on port 0, raw TCP.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn health_answers_on_both_prefixes() {
+    let node = Node::start();
+    for path in ["/", "/ingest", "/ingest/"] {
+        let r = node.request(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{path}");
+    }
+}
+
+#[test]
+fn unknown_route_is_404_and_wrong_method_405() {
+    let node = Node::start();
+    let r = node.request(b"GET /v1/web/nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error(), "not found");
+    let r = node.request(b"GET /ingest/v1/web/i HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"].is_string());
+    let r = node.request(b"DELETE /v1/web/start HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 405);
+}
+
+#[test]
+fn keep_alive_and_ten_pipelined_requests_answered_in_order() {
+    let node = Node::start();
+    let start = node.start_web("web-key");
+    let token = Node::token(&start);
+    let sid = Node::session_id(&start);
+    let mut all = Vec::new();
+    let mut expected = Vec::new();
+    let mut stored = Vec::new();
+    for i in 0..10u8 {
+        match i % 3 {
+            0 => {
+                let body = batch_body(i);
+                all.extend(batch_request(&token, "player", "", &body));
+                expected.push(200);
+                stored.extend(body);
+            }
+            1 => {
+                all.extend_from_slice(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+                expected.push(404);
+            }
+            _ => {
+                all.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                expected.push(200);
+            }
+        }
+    }
+    let mut s = node.connect();
+    s.write_all(&all).unwrap();
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| read_response(&mut s).unwrap().status)
+        .collect();
+    assert_eq!(statuses, expected);
+    // The connection is still usable afterwards.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    let raw = node.cat(sid, Some("raw"));
+    assert!(raw.ends_with(&stored), "batches stored in order");
+}
+
+/// A small valid web batch: BatchMetadata v2 then one sized message carrying `tag`.
+fn batch_body(tag: u8) -> Vec<u8> {
+    let mut b = vec![81, 2, 0, 0, 0, 0];
+    b.extend_from_slice(&[0, 3, 0, 0, 0xAA, 0xBB, tag]);
+    b
+}
+
+#[test]
+fn chunked_body_is_stored_decoded() {
+    let node = Node::start();
+    let start = node.start_web("web-key");
+    let token = Node::token(&start);
+    let sid = Node::session_id(&start);
+    let body = fixture("pv2-batch2-devtools.bin");
+    let mut raw = format!(
+        "POST /ingest/v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nDataType: devtools\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(100) {
+        raw.extend(format!("{:x};ext=1\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\nX-Trailer: y\r\n\r\n");
+    let mut s = node.connect();
+    // Byte by byte for the head, so the parser sees every cut.
+    for b in &raw[..40] {
+        s.write_all(&[*b]).unwrap();
+    }
+    s.write_all(&raw[40..]).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = node.cat(sid, Some("raw"));
+    assert!(stored.ends_with(&body));
+}
+
+#[test]
+fn expect_100_continue() {
+    let node = Node::start();
+    let start = node.start_web("web-key");
+    let token = Node::token(&start);
+    let sid = Node::session_id(&start);
+    let body = fixture("pv2-batch3-analytics.bin");
+    let mut s = node.connect();
+    write!(
+        s,
+        "POST /v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nDataType: analytics\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let interim = read_response(&mut s).unwrap();
+    assert_eq!(interim.status, 100);
+    s.write_all(&body).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert!(node.cat(sid, None).ends_with(&body));
+
+    // Refused before the body: no 100, a final answer, and the connection closes.
+    let mut s = node.connect();
+    write!(
+        s,
+        "POST /v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(is_closed(&mut s));
+}
+
+#[test]
+fn http_1_0_closes_unless_keep_alive() {
+    let node = Node::start();
+    let mut s = node.connect();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(is_closed(&mut s));
+
+    let mut s = node.connect();
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+
+    let mut s = node.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(is_closed(&mut s));
+}
+
+#[test]
+fn oversized_head_is_431() {
+    let node = Node::start();
+    let big = "a".repeat(17 * 1024);
+    let r = node.request(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 431);
+    assert!(r.json()["error"].is_string());
+}
+
+#[test]
+fn malformed_head_is_400_and_closes() {
+    let node = Node::start();
+    let mut s = node.connect();
+    s.write_all(b"GARBAGE\0\r\n\r\n").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(is_closed(&mut s));
+}
+
+#[test]
+fn oversized_bodies_are_413() {
+    let node = Node::start();
+    let start = node.start_web("web-key");
+    let token = Node::token(&start);
+    let sid = Node::session_id(&start);
+
+    // Decided from Content-Length, before any body byte is sent.
+    let mut s = node.connect();
+    write!(
+        s,
+        "POST /v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 5000000\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 413);
+    assert!(is_closed(&mut s));
+
+    // Chunked: as soon as the running total passes the limit.
+    let mut s = node.connect();
+    write!(
+        s,
+        "POST /v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'x'; 100_000];
+    let mut answer = None;
+    for _ in 0..20 {
+        write!(s, "{:x}\r\n", chunk.len()).unwrap();
+        if s.write_all(&chunk).is_err() || s.write_all(b"\r\n").is_err() {
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut peek = [0u8; 1];
+        if s.peek(&mut peek).is_ok() {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if answer.is_none() {
+        answer = read_response(&mut s);
+    }
+    assert_eq!(answer.unwrap().status, 413);
+
+    // A start body over JSON_SIZE_LIMIT.
+    let r = node.post(
+        "/v1/web/start",
+        &[("User-Agent", UA)],
+        format!(
+            "{{\"projectKey\":\"web-key\",\"pad\":\"{}\"}}",
+            "p".repeat(2000)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 413);
+
+    // A gzip bomb: small on the wire, over the decoded limit; nothing stored.
+    let bomb = gzip(&vec![0u8; 3_000_000]);
+    assert!(bomb.len() < 100_000);
+    let r = node.post(
+        "/v1/web/i",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Encoding", "gzip"),
+        ],
+        &bomb,
+    );
+    assert_eq!(r.status, 413);
+    let records = node.ls();
+    let of_session: Vec<_> = records
+        .iter()
+        .filter(|r| r["session"].as_str() == Some(sid.to_string().as_str()))
+        .collect();
+    assert_eq!(of_session.len(), 1, "only the SessionStart: {of_session:?}");
+}
+
+#[test]
+fn timeouts_close_slow_and_idle_connections() {
+    let node = Node::builder()
+        .arg("--head-timeout")
+        .arg("1s")
+        .arg("--idle-timeout")
+        .arg("1s")
+        .arg("--http-timeout")
+        .arg("1s")
+        .start();
+    // A head that never completes: 408, closed.
+    let mut s = node.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 408);
+    assert!(is_closed(&mut s));
+    // A body that never completes.
+    let start = node.start_web("web-key");
+    let mut s = node.connect();
+    write!(
+        s,
+        "POST /v1/web/i HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\nabc",
+        Node::token(&start)
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 408);
+    // An idle keep-alive connection: closed without a word.
+    let mut s = node.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    let t = std::time::Instant::now();
+    assert!(read_response(&mut s).is_none());
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn cors_preflight_with_the_trackers_headers() {
+    let node = Node::start();
+    let r = node.request(
+        b"OPTIONS /ingest/v1/web/i?batch=0_1_1129_kyes&split=855 HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization,content-encoding,datatype\r\nOrigin: http://127.0.0.1:8700\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    let allowed = r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in [
+        "content-type",
+        "authorization",
+        "content-encoding",
+        "datatype",
+    ] {
+        assert!(allowed.contains(h), "{h} in {allowed}");
+    }
+    assert_eq!(r.header("cache-control"), Some("max-age=86400"));
+
+    let r = node.request(
+        b"OPTIONS /ingest/v1/web/tags HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: GET\r\nOrigin: http://a\r\n\r\n",
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("GET"));
+
+    // Real answers carry the origin header too, errors included.
+    let r = node.post("/v1/web/i", &[], b"x");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+
+    let node = Node::builder().env("USE_CORS", "false").start();
+    let r = node.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
