@@ -236,3 +236,21 @@ fn graceful_shutdown_finishes_a_request_in_flight() {
     assert!(status.success(), "{status:?}");
     assert!(cat(&dir, sid, None).ends_with(&body));
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut node = Node::builder().arg("--shutdown-timeout").arg("60s").start();
+    // A request still arriving keeps a graceful stop waiting.
+    let mut conn = node.connect();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&node.child, libc_sigterm());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        node.child.try_wait().unwrap().is_none(),
+        "still finishing in-flight work"
+    );
+    signal(&node.child, libc_sigterm());
+    let status = wait_timeout(&mut node.child, Duration::from_secs(3)).expect("exits at once");
+    assert_eq!(status.code(), Some(130));
+}

@@ -208,7 +208,9 @@ fn a_valid_old_token_continues_its_session_and_an_expired_one_starts_anew() {
     let starts = node
         .ls()
         .into_iter()
-        .filter(|r| r["session"].as_str() == Some(sid.to_string().as_str()) && r["kind"] == "session-start")
+        .filter(|r| {
+            r["session"].as_str() == Some(sid.to_string().as_str()) && r["kind"] == "session-start"
+        })
         .count();
     assert_eq!(starts, 1);
 

@@ -214,6 +214,11 @@ impl Conn {
             self.end -= self.start;
             self.start = 0;
         }
+        if self.end == self.inbuf.len() {
+            // Cannot happen: heads are at most half the buffer and bodies are drained before
+            // reading again. A read of zero bytes would look like EOF, so refuse loudly.
+            return Err(io::Error::other("input buffer full"));
+        }
         let n = self.socket.read(&mut self.inbuf[self.end..])?;
         self.end += n;
         Ok(n)

@@ -374,9 +374,9 @@ pub fn begin(
             match ctx.log.reserve(meta, b"", len as usize) {
                 Ok(reservation) => Begin::Stream(reservation, pending),
                 Err(e) => {
-                    log::error!("cannot reserve {len} bytes in the log: {e}");
+                    let Reject(status, message) = Reject::from(e);
                     opts.keep_alive = false;
-                    write_error(out, Status::InternalServerError, opts, "cannot store batch");
+                    write_error(out, status, opts, message);
                     Begin::AnsweredClose
                 }
             }
@@ -488,10 +488,18 @@ enum Answer {
 /// A refusal: status and the text of the JSON error.
 struct Reject(Status, &'static str);
 
+/// A full disk is a 503 (the tracker retries, and the operator's alerting knows the kind); any
+/// other storage failure a 500. Either way nothing was acknowledged.
 impl From<crate::log::LogError> for Reject {
     fn from(e: crate::log::LogError) -> Reject {
         log::error!("cannot store a record: {e}");
-        Reject(Status::InternalServerError, "cannot store the request")
+        let full = matches!(&e, crate::log::LogError::Io(io)
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
+        if full {
+            Reject(Status::ServiceUnavailable, "storage full")
+        } else {
+            Reject(Status::InternalServerError, "cannot store the request")
+        }
     }
 }
 
