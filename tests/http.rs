@@ -14,6 +14,8 @@ fn health_answers_on_both_prefixes() {
         let r = node.request(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
         assert_eq!(r.status, 200, "{path}");
     }
+    let r = node.request(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
 }
 
 #[test]
@@ -134,6 +136,7 @@ fn expect_100_continue() {
     .unwrap();
     let r = read_response(&mut s).unwrap();
     assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("close"));
     assert!(is_closed(&mut s));
 }
 

@@ -197,7 +197,6 @@ impl Worker {
             node: &self.node,
             log: &mut self.log,
             scratch: &mut self.scratch,
-            worker_id: self.id,
         };
         let mut env = Env {
             ctx: &mut ctx,

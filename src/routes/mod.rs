@@ -72,9 +72,8 @@ impl NodeState {
 pub struct WorkerCtx<'a> {
     pub node: &'a NodeState,
     pub log: &'a mut SegmentWriter,
-    /// Scratch for gzip-decoded bodies that must be split or parsed, and for JSON answers.
+    /// Scratch for gzip-decoded bodies that must be split or parsed.
     pub scratch: &'a mut Vec<u8>,
-    pub worker_id: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,25 +258,34 @@ pub fn begin(
     out: &mut Vec<u8>,
 ) -> Begin {
     let node = ctx.node;
+    let route = Route::resolve(head.path.get(buf));
+    // Answers sent once the body is in.
     let mut opts = ResponseOptions {
         cors: node.config.use_cors,
         keep_alive: keep_alive && head.keep_alive,
-        allow_get: false,
+        allow_get: route.is_some_and(|r| r.method() == Method::Get),
         minor_version: head.minor_version,
     };
-    let Some(route) = Route::resolve(head.path.get(buf)) else {
-        return error(out, Status::NotFound, opts, "not found");
+    // Answers sent before the body: a client waiting for `100 Continue` may or may not send the
+    // body now, so the connection cannot be reused, and the answer says so.
+    let early = ResponseOptions {
+        keep_alive: opts.keep_alive && !head.expect_continue,
+        ..opts
     };
-    opts.allow_get = route.method() == Method::Get;
+    let Some(route) = route else {
+        return error(out, Status::NotFound, early, "not found");
+    };
     if head.method == Method::Options && route != Route::Health {
-        write_preflight(out, opts);
+        write_preflight(out, early);
         return Begin::AnsweredSkipBody;
     }
-    if head.method != route.method() {
-        return error(out, Status::MethodNotAllowed, opts, "method not allowed");
+    // Load balancers probe health with HEAD as often as with GET.
+    let health_head = route == Route::Health && head.method == Method::Head;
+    if head.method != route.method() && !health_head {
+        return error(out, Status::MethodNotAllowed, early, "method not allowed");
     }
     if route == Route::Health {
-        write_empty(out, Status::Ok, opts);
+        write_empty(out, Status::Ok, early);
         return Begin::AnsweredSkipBody;
     }
 
@@ -301,18 +309,18 @@ pub fn begin(
                 token = Some(t);
                 just_expired = true;
             }
-            Ok(_) => return error(out, Status::Unauthorized, opts, "token expired"),
-            Err(e) => return error(out, Status::Unauthorized, opts, e.message()),
+            Ok(_) => return error(out, Status::Unauthorized, early, "token expired"),
+            Err(e) => return error(out, Status::Unauthorized, early, e.message()),
         }
     }
 
     match route {
         Route::WebTags => {
-            web::tags(ctx, token, opts, out);
+            web::tags(ctx, token, early, out);
             return Begin::AnsweredSkipBody;
         }
         Route::WebConditions(project_id) => {
-            web::conditions(ctx, project_id, opts, out);
+            web::conditions(ctx, project_id, early, out);
             return Begin::AnsweredSkipBody;
         }
         _ => {}
@@ -326,7 +334,7 @@ pub fn begin(
     let split = if data_type == DataType::Visual {
         match query_param(head.query.map(|s| s.get(buf)), b"split").and_then(parse_decimal) {
             Some(split) if split > 0 => Some(split as usize),
-            _ => return error(out, Status::BadRequest, opts, "bad split"),
+            _ => return error(out, Status::BadRequest, early, "bad split"),
         }
     } else {
         None
