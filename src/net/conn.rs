@@ -24,33 +24,31 @@ use crate::routes::{self, Begin, Pending, WorkerCtx};
 /// unread bytes are moved to the front, and a read takes up to this much at once.
 pub const INBUF_SIZE: usize = 32 * 1024;
 
-/// Stop taking requests from a client that does not read its answers once this much is queued.
-const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Stop taking requests from a client that does not read its answers once this much is queued:
+/// about a hundred answers, and a bound on what a thousand such clients can make a worker hold.
+const OUT_HIGH_WATER: usize = 16 * 1024;
 
 /// Reads per drive before other connections get their turn.
 const READ_BUDGET: usize = 16;
 
-/// Input buffers of idle connections are returned here, so that ten thousand idle keep-alive
-/// connections do not hold ten thousand buffers.
-#[derive(Default)]
-pub struct BufPool {
-    free: Vec<Vec<u8>>,
+/// The worker's read buffer, lent to one connection at a time for the length of a drive. A
+/// connection keeps only what it has not consumed yet (at most a partial head) in a buffer of
+/// its own, so ten thousand idle or trickling connections hold bytes, not buffers.
+pub struct ReadBuffer {
+    buf: Vec<u8>,
 }
 
-/// Buffers kept for reuse; more than this are freed.
-const POOL_MAX: usize = 256;
-
-impl BufPool {
-    fn take(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| vec![0; INBUF_SIZE])
-    }
-
-    fn give(&mut self, buf: Vec<u8>) {
-        if self.free.len() < POOL_MAX && buf.len() == INBUF_SIZE {
-            self.free.push(buf);
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        ReadBuffer {
+            buf: vec![0; INBUF_SIZE],
         }
     }
 }
+
+/// A connection's remainder buffer larger than this is freed once empty: one long head must
+/// not pin its memory for the life of a keep-alive connection.
+const REMAINDER_KEEP: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -62,7 +60,7 @@ pub struct Timeouts {
 /// What a drive lends the connection.
 pub struct Env<'a, 'w> {
     pub ctx: &'a mut WorkerCtx<'w>,
-    pub pool: &'a mut BufPool,
+    pub rbuf: &'a mut ReadBuffer,
     pub now: Instant,
     pub stopping: bool,
     pub timeouts: Timeouts,
@@ -117,8 +115,11 @@ pub struct Conn {
     socket: TcpStream,
     peer: IpAddr,
     state: State,
-    /// `inbuf[start..end]` holds bytes read and not yet consumed. Empty (no allocation) when idle.
+    /// During a drive, the worker's read buffer; `inbuf[start..end]` holds bytes read and not
+    /// yet consumed. Between drives, empty (no allocation).
     inbuf: Vec<u8>,
+    /// Unconsumed bytes kept between drives.
+    remainder: Vec<u8>,
     start: usize,
     end: usize,
     out: Vec<u8>,
@@ -135,6 +136,7 @@ impl Conn {
             peer,
             state: State::Head,
             inbuf: Vec::new(),
+            remainder: Vec::new(),
             start: 0,
             end: 0,
             out: Vec::new(),
@@ -155,12 +157,40 @@ impl Conn {
 
     /// Idle between requests, nothing buffered: safe to close at shutdown.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::Idle && self.start == self.end && self.out_pos == self.out.len()
+        self.phase == Phase::Idle && self.remainder.is_empty() && self.out_pos == self.out.len()
+    }
+
+    /// Which connection to close to make room at the connection cap, lowest first: idle
+    /// keep-alive connections, least recently used first, then connections still sending a head,
+    /// slowest first. A connection mid-body or answering is never chosen: it is doing real work.
+    pub fn eviction_rank(&self) -> Option<(u8, Instant)> {
+        match self.phase {
+            Phase::Idle if self.out_pos == self.out.len() => Some((0, self.deadline)),
+            Phase::Head => Some((1, self.deadline)),
+            _ => None,
+        }
     }
 
     pub fn drive(&mut self, env: &mut Env<'_, '_>) -> Step {
+        // Borrow the worker's read buffer, with what was left unconsumed last time in front.
+        self.inbuf = std::mem::take(&mut env.rbuf.buf);
+        self.start = 0;
+        self.end = self.remainder.len();
+        self.inbuf[..self.end].copy_from_slice(&self.remainder);
+        self.remainder.clear();
+        let step = self.drive_reads(env);
+        self.remainder
+            .extend_from_slice(&self.inbuf[self.start..self.end]);
+        if self.remainder.is_empty() && self.remainder.capacity() > REMAINDER_KEEP {
+            self.remainder = Vec::new();
+        }
+        env.rbuf.buf = std::mem::take(&mut self.inbuf);
+        step
+    }
+
+    fn drive_reads(&mut self, env: &mut Env<'_, '_>) -> Step {
         for _ in 0..READ_BUDGET {
-            self.process(env);
+            let held_back = self.process(env);
             if self.flush().is_err() {
                 return Step::Close;
             }
@@ -171,7 +201,11 @@ impl Conn {
             if queued > OUT_HIGH_WATER {
                 return Step::Wait;
             }
-            match self.fill(env.pool) {
+            if held_back {
+                // Requests waited for answers to drain, and they have: take them first.
+                continue;
+            }
+            match self.fill() {
                 Ok(0) => {
                     // The peer is done sending. Answer what it asked, then close; a request
                     // cut short can never complete.
@@ -182,10 +216,7 @@ impl Conn {
                     }
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.release_idle_buffer(env.pool);
-                    return Step::Wait;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Step::Close,
             }
@@ -195,16 +226,13 @@ impl Conn {
 
     /// Reads what the socket has: straight into the log when a streamed body is waiting for
     /// bytes and none are buffered, else into the input buffer.
-    fn fill(&mut self, pool: &mut BufPool) -> io::Result<usize> {
+    fn fill(&mut self) -> io::Result<usize> {
         if let State::Stream { reservation, .. } = &mut self.state {
             if self.start == self.end {
                 let n = self.socket.read(reservation.unfilled())?;
                 reservation.advance(n);
                 return Ok(n);
             }
-        }
-        if self.inbuf.is_empty() {
-            self.inbuf = pool.take();
         }
         if self.start == self.end {
             self.start = 0;
@@ -239,26 +267,19 @@ impl Conn {
         Ok(())
     }
 
-    fn release_idle_buffer(&mut self, pool: &mut BufPool) {
-        if self.start == self.end && !self.inbuf.is_empty() && matches!(self.state, State::Head) {
-            pool.give(std::mem::take(&mut self.inbuf));
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
     /// Consumes buffered input: heads, then bodies, request after request.
-    fn process(&mut self, env: &mut Env<'_, '_>) {
+    /// Returns true when it stopped because too many answers are queued.
+    fn process(&mut self, env: &mut Env<'_, '_>) -> bool {
         loop {
             if self.out.len() - self.out_pos > OUT_HIGH_WATER {
-                return;
+                return self.start != self.end;
             }
             let state = std::mem::replace(&mut self.state, State::Closing);
             self.state = match state {
                 State::Head => {
                     if self.start == self.end {
                         self.state = State::Head;
-                        return;
+                        return false;
                     }
                     match self.start_request(env) {
                         Some(next) => next,
@@ -267,7 +288,7 @@ impl Conn {
                                 self.enter(Phase::Head, env);
                             }
                             self.state = State::Head;
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -288,7 +309,7 @@ impl Conn {
                             pending,
                             keep,
                         };
-                        return;
+                        return false;
                     }
                     let keep = keep && !env.stopping;
                     if !keep {
@@ -318,7 +339,7 @@ impl Conn {
                             framing,
                             keep,
                         };
-                        return;
+                        return false;
                     }
                     Err(e) => self.refuse_body(e, pending.opts()),
                 },
@@ -331,7 +352,7 @@ impl Conn {
                         Ok(true) => self.request_done(keep, env),
                         Ok(false) => {
                             self.state = State::Discard { framing, keep };
-                            return;
+                            return false;
                         }
                         Err(_) => {
                             self.close_after_flush = true;
@@ -342,7 +363,7 @@ impl Conn {
                 State::Closing => {
                     self.start = self.end;
                     self.state = State::Closing;
-                    return;
+                    return false;
                 }
             };
         }

@@ -16,7 +16,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{BufPool, Conn, Env, Step, Timeouts};
+use super::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
 use crate::log::SegmentWriter;
 use crate::routes::{NodeState, WorkerCtx};
 
@@ -38,10 +38,11 @@ pub struct Worker {
     max_connections: usize,
     /// Connections whose drive ran out of budget: driven again before the next poll blocks.
     again: VecDeque<usize>,
-    pool: BufPool,
+    rbuf: ReadBuffer,
     scratch: Vec<u8>,
     timeouts: Timeouts,
     refused_at_cap: u64,
+    evicted_at_cap: u64,
 }
 
 impl Worker {
@@ -71,10 +72,11 @@ impl Worker {
             conns: Slab::with_capacity(1024),
             max_connections,
             again: VecDeque::new(),
-            pool: BufPool::default(),
+            rbuf: ReadBuffer::default(),
             scratch: Vec::new(),
             timeouts,
             refused_at_cap: 0,
+            evicted_at_cap: 0,
         })
     }
 
@@ -150,7 +152,7 @@ impl Worker {
             };
             match listener.accept() {
                 Ok((mut socket, peer)) => {
-                    if self.conns.len() >= self.max_connections {
+                    if self.conns.len() >= self.max_connections && !self.evict_one() {
                         self.refused_at_cap += 1;
                         if self.refused_at_cap.is_power_of_two() {
                             log::warn!(
@@ -200,7 +202,7 @@ impl Worker {
         };
         let mut env = Env {
             ctx: &mut ctx,
-            pool: &mut self.pool,
+            rbuf: &mut self.rbuf,
             now,
             stopping: self.stopping.load(Ordering::Relaxed),
             timeouts: self.timeouts,
@@ -215,6 +217,33 @@ impl Worker {
     fn close(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(conn.socket());
+        }
+    }
+
+    /// Closes the connection the cap policy gives up first (see `Conn::eviction_rank`); false
+    /// when every connection is busy with a request.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter_map(|(key, c)| c.eviction_rank().map(|rank| (rank, key)))
+            .min();
+        match victim {
+            Some((_, key)) => {
+                self.evicted_at_cap += 1;
+                if self.evicted_at_cap.is_power_of_two() {
+                    log::warn!(
+                        "worker {}: at the connection cap ({}), {} idle or slow connections \
+                         closed to make room so far",
+                        self.id,
+                        self.max_connections,
+                        self.evicted_at_cap
+                    );
+                }
+                self.close(key);
+                true
+            }
+            None => false,
         }
     }
 
