@@ -31,6 +31,10 @@ const OUT_HIGH_WATER: usize = 16 * 1024;
 /// Reads per drive before other connections get their turn.
 const READ_BUDGET: usize = 16;
 
+/// Requests per drive before other connections get their turn: a client pipelining thousands
+/// of requests gets served in slices, not ahead of everyone else.
+const REQUEST_BUDGET: u32 = 64;
+
 /// The worker's read buffer, lent to one connection at a time for the length of a drive. A
 /// connection keeps only what it has not consumed yet (at most a partial head) in a buffer of
 /// its own, so ten thousand idle or trickling connections hold bytes, not buffers.
@@ -46,8 +50,9 @@ impl Default for ReadBuffer {
     }
 }
 
-/// A connection's remainder buffer larger than this is freed once empty: one long head must
-/// not pin its memory for the life of a keep-alive connection.
+/// A connection's remainder or output buffer larger than this is freed once empty: one long
+/// head or one burst of pipelined answers must not pin memory for the life of a keep-alive
+/// connection.
 const REMAINDER_KEEP: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
@@ -127,6 +132,8 @@ pub struct Conn {
     phase: Phase,
     deadline: Instant,
     close_after_flush: bool,
+    /// Requests begun in the current drive (see REQUEST_BUDGET).
+    begun: u32,
 }
 
 impl Conn {
@@ -144,6 +151,7 @@ impl Conn {
             phase: Phase::Idle,
             deadline: now + idle,
             close_after_flush: false,
+            begun: 0,
         }
     }
 
@@ -178,11 +186,15 @@ impl Conn {
         self.end = self.remainder.len();
         self.inbuf[..self.end].copy_from_slice(&self.remainder);
         self.remainder.clear();
+        self.begun = 0;
         let step = self.drive_reads(env);
         self.remainder
             .extend_from_slice(&self.inbuf[self.start..self.end]);
         if self.remainder.is_empty() && self.remainder.capacity() > REMAINDER_KEEP {
             self.remainder = Vec::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > REMAINDER_KEEP {
+            self.out = Vec::new();
         }
         env.rbuf.buf = std::mem::take(&mut self.inbuf);
         step
@@ -200,6 +212,9 @@ impl Conn {
             }
             if queued > OUT_HIGH_WATER {
                 return Step::Wait;
+            }
+            if self.begun >= REQUEST_BUDGET {
+                return Step::Again;
             }
             if held_back {
                 // Requests waited for answers to drain, and they have: take them first.
@@ -268,10 +283,11 @@ impl Conn {
     }
 
     /// Consumes buffered input: heads, then bodies, request after request.
-    /// Returns true when it stopped because too many answers are queued.
+    /// Returns true when it stopped with requests left: too many answers queued, or this
+    /// drive's request budget spent.
     fn process(&mut self, env: &mut Env<'_, '_>) -> bool {
         loop {
-            if self.out.len() - self.out_pos > OUT_HIGH_WATER {
+            if self.out.len() - self.out_pos > OUT_HIGH_WATER || self.begun >= REQUEST_BUDGET {
                 return self.start != self.end;
             }
             let state = std::mem::replace(&mut self.state, State::Closing);
@@ -377,6 +393,7 @@ impl Conn {
             Ok(None) => return None,
             Err(e) => return Some(self.refuse_head(e, env)),
         };
+        self.begun += 1;
         let keep = head.keep_alive && !env.stopping;
         let begin = routes::begin(env.ctx, &head, buffered, self.peer, keep, &mut self.out);
         self.start += head.head_len;
