@@ -9,13 +9,16 @@
 //! - [`chunked`]: an incremental `Transfer-Encoding: chunked` decoder that may be fed byte by byte.
 //! - [`response`]: the single catalogue of answers this server ever writes.
 //! - [`multipart`]: `multipart/form-data` bodies of the image uploads.
+//! - [`gzip`]: gzip bodies inflated with a hard cap.
 
 pub mod chunked;
+pub mod gzip;
 pub mod head;
 pub mod multipart;
 pub mod response;
 
 pub use chunked::{ChunkError, ChunkedDecoder};
+pub use gzip::{inflate_capped, InflateError};
 pub use head::{
     parse_head, BodyFraming, HeadError, Method, RequestHead, Span, MAX_HEADERS, MAX_HEAD_BYTES,
 };

@@ -116,8 +116,10 @@ enum State {
     Closing,
 }
 
-pub struct Conn {
-    socket: TcpStream,
+/// A connection over any byte stream: a mio `TcpStream` in the workers, an in-memory script in
+/// the fuzz target.
+pub struct Conn<S = TcpStream> {
+    socket: S,
     peer: IpAddr,
     state: State,
     /// During a drive, the worker's read buffer; `inbuf[start..end]` holds bytes read and not
@@ -136,8 +138,8 @@ pub struct Conn {
     begun: u32,
 }
 
-impl Conn {
-    pub fn new(socket: TcpStream, peer: IpAddr, now: Instant, idle: Duration) -> Conn {
+impl<S: Read + Write> Conn<S> {
+    pub fn new(socket: S, peer: IpAddr, now: Instant, idle: Duration) -> Conn<S> {
         Conn {
             socket,
             peer,
@@ -155,7 +157,7 @@ impl Conn {
         }
     }
 
-    pub fn socket(&mut self) -> &mut TcpStream {
+    pub fn socket(&mut self) -> &mut S {
         &mut self.socket
     }
 

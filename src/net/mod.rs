@@ -7,7 +7,7 @@
 //! session table. The main thread starts the workers, waits for the signal to stop, and then
 //! wakes them through their `Waker`s.
 
-mod conn;
+pub mod conn;
 mod worker;
 
 use std::io;
