@@ -71,6 +71,11 @@ impl NodeBuilder {
         self.projects = None;
         self
     }
+    /// A projects file of the test's own instead of [`PROJECTS`].
+    pub fn projects(mut self, json: &str) -> Self {
+        self.projects = Some(json.to_string());
+        self
+    }
     pub fn start(self) -> Node {
         let (tmp, dir) = match self.dir {
             Some(d) => (None, d),
