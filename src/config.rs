@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::log::LogConfig;
+
 /// Everything a node needs to run, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -174,12 +176,6 @@ pub enum ConfigError {
     Invalid(&'static str),
 }
 
-/// The segment size: large enough that rolls are rare, small enough that a sealed segment is
-/// handed on within seconds on a busy node.
-const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
-/// How far ahead of a writer pages are pre-faulted: a few hundred 8 KiB batches.
-const DEFAULT_PREFAULT_WINDOW: usize = 4 << 20;
-
 impl Config {
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
@@ -221,7 +217,7 @@ impl Config {
         let segment_size = a
             .segment_size
             .or(f.segment_size)
-            .unwrap_or(DEFAULT_SEGMENT_SIZE);
+            .unwrap_or(LogConfig::DEFAULT_SEGMENT_SIZE);
         if segment_size < (1 << 20) {
             return Err(ConfigError::Invalid("segment_size must be at least 1 MiB"));
         }
@@ -285,8 +281,8 @@ impl Config {
             segment_max_age: a
                 .segment_max_age
                 .or(f.segment_max_age)
-                .unwrap_or(Duration::from_secs(10)),
-            prefault_window: DEFAULT_PREFAULT_WINDOW,
+                .unwrap_or(LogConfig::DEFAULT_SEGMENT_MAX_AGE),
+            prefault_window: LogConfig::DEFAULT_PREFAULT_WINDOW,
             geoip_db: a.geoip_db.clone().or(f.geoip_db),
             max_connections: a
                 .max_connections
@@ -313,8 +309,14 @@ impl Config {
         self.beacon_size_limit.max(200_000)
     }
 
-    pub fn segments_dir(&self) -> PathBuf {
-        self.data_dir.join("segments")
+    /// The segment log's part of the settings.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            dir: self.data_dir.clone(),
+            segment_size: self.segment_size,
+            segment_max_age: self.segment_max_age,
+            prefault_window: self.prefault_window,
+        }
     }
 
     pub fn data_path(&self, name: &str) -> PathBuf {

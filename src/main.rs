@@ -13,9 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use replay_ingest::config::{self, Config, ServeArgs};
 use replay_ingest::geo::GeoDb;
-use replay_ingest::log::{
-    self as seglog, LogConfig, RecordKind, SegmentService, StoredRecord, Topic,
-};
+use replay_ingest::log::{self as seglog, RecordKind, SegmentService, StoredRecord, Topic};
 use replay_ingest::net::Server;
 use replay_ingest::project::Projects;
 use replay_ingest::routes::NodeState;
@@ -110,16 +108,10 @@ fn serve(args: &ServeArgs) -> Result<()> {
         None => None,
     };
 
-    let log_config = LogConfig {
-        dir: config.data_dir.clone(),
-        segment_size: config.segment_size,
-        segment_max_age: config.segment_max_age,
-        prefault_window: config.prefault_window,
-    };
     let workers = config.workers;
     // Starting the service recovers what an earlier run left: torn tails cut, damaged records
     // counted, open segments sealed.
-    let segments = SegmentService::start(log_config, workers as u16)?;
+    let segments = SegmentService::start(config.log_config(), workers as u16)?;
     let summary = segments.recovery();
     log::info!(
         "recovered {} segments ({} were open): {} records, {} bytes; {} corrupt skipped, {} \

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::{batch_request, read_response, SECRET};
 use replay_ingest::config::{Config, ServeArgs};
-use replay_ingest::log::{LogConfig, SegmentService};
+use replay_ingest::log::SegmentService;
 use replay_ingest::net::Server;
 use replay_ingest::project::Projects;
 use replay_ingest::routes::NodeState;
@@ -77,16 +77,7 @@ fn warm_batch_path_does_not_allocate() {
         ..ServeArgs::default()
     };
     let config = Config::load(&args).unwrap();
-    let segments = SegmentService::start(
-        LogConfig {
-            dir: config.data_dir.clone(),
-            segment_size: config.segment_size,
-            segment_max_age: config.segment_max_age,
-            prefault_window: config.prefault_window,
-        },
-        1,
-    )
-    .unwrap();
+    let segments = SegmentService::start(config.log_config(), 1).unwrap();
     let node = NodeState::new(config, Projects::demo("k".into()), SECRET.as_bytes(), None);
     let server = Server::start(node, Arc::new(segments)).unwrap();
 

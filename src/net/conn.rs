@@ -203,7 +203,10 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn drive_reads(&mut self, env: &mut Env<'_, '_>) -> Step {
-        for _ in 0..READ_BUDGET {
+        let mut reads = 0;
+        loop {
+            // Whatever was read is processed before the budget can end the drive, so that
+            // between drives a connection keeps at most a partial head.
             let held_back = self.process(env);
             if self.flush().is_err() {
                 return Step::Close;
@@ -215,13 +218,14 @@ impl<S: Read + Write> Conn<S> {
             if queued > OUT_HIGH_WATER {
                 return Step::Wait;
             }
-            if self.begun >= REQUEST_BUDGET {
+            if self.begun >= REQUEST_BUDGET || reads == READ_BUDGET {
                 return Step::Again;
             }
             if held_back {
                 // Requests waited for answers to drain, and they have: take them first.
                 continue;
             }
+            reads += 1;
             match self.fill() {
                 Ok(0) => {
                     // The peer is done sending. Answer what it asked, then close; a request
@@ -238,7 +242,6 @@ impl<S: Read + Write> Conn<S> {
                 Err(_) => return Step::Close,
             }
         }
-        Step::Again
     }
 
     /// Reads what the socket has: straight into the log when a streamed body is waiting for

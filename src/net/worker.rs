@@ -71,7 +71,8 @@ impl Worker {
             stopping,
             conns: Slab::with_capacity(1024),
             max_connections,
-            again: VecDeque::new(),
+            // Sized ahead so that the first connection to run out of budget allocates nothing.
+            again: VecDeque::with_capacity(256),
             rbuf: ReadBuffer::default(),
             scratch: Vec::new(),
             timeouts,

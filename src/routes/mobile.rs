@@ -4,15 +4,13 @@
 use serde_json::json;
 
 use super::web::{
-    continued_session, lookup_geo, sampled_in, user_uuid, write_json_value, JsonObject,
+    continued_session, lookup_geo, open_session, user_uuid, write_json_value, JsonObject,
 };
-use super::{json_body, now_ms, now_ns, project_by_key, Answer, Pending, Reject, WorkerCtx};
+use super::{json_body, now_ms, project_by_key, Answer, Pending, Reject, WorkerCtx};
 use crate::codec::MobileSessionStart;
 use crate::device::mobile_device;
-use crate::flake::start_timestamp_ms;
 use crate::http::Status;
-use crate::log::{RecordKind, RecordMeta};
-use crate::token::SessionToken;
+use crate::log::RecordKind;
 
 pub(super) fn start(
     ctx: &mut WorkerCtx<'_>,
@@ -31,17 +29,7 @@ pub(super) fn start(
     let token = match continued_session(ctx, req.string("token").as_deref(), false, now) {
         Some(token) => token,
         None => {
-            if !sampled_in(&project) {
-                return Err(Reject(Status::Forbidden, "cancel"));
-            }
             let geo = lookup_geo(ctx, p);
-            let session_id = node.ids.next_id(now as u64);
-            let token = SessionToken {
-                session_id,
-                delay: 0,
-                expires_at_ms: start_timestamp_ms(session_id) as i64
-                    + project.max_session_duration as i64,
-            };
             let identifier = req.string("userDevice").unwrap_or_default();
             let hint = req.string("userDeviceType").unwrap_or_default();
             let (device, device_type) = mobile_device(&identifier, &hint);
@@ -49,36 +37,35 @@ pub(super) fn start(
                 Some(platform) if platform.eq_ignore_ascii_case("android") => "Android",
                 _ => "IOS",
             };
-            let mut message = Vec::with_capacity(256);
-            MobileSessionStart {
-                timestamp: req.uint("timestamp").unwrap_or(now as u64),
-                project_id: project.project_id,
-                tracker_version: &req.string("trackerVersion").unwrap_or_default(),
-                rev_id: &req.string("revID").unwrap_or_default(),
-                user_uuid: &uuid,
-                user_os: os,
-                user_os_version: &req.string("userOSVersion").unwrap_or_default(),
-                user_device: &device,
-                user_device_type: device_type.as_str(),
-                user_country: &geo.country,
-            }
-            .encode(&mut message);
-            let meta = RecordMeta {
-                session_id,
-                arrival_unix_ns: now_ns(),
-                kind: RecordKind::MobileSessionStart,
-            };
-            ctx.log.append(meta, b"", &[&message])?;
-            node.sessions
-                .insert(session_id, project.project_id, token.expires_at_ms);
-            token
+            open_session(
+                ctx,
+                &project,
+                now,
+                0,
+                RecordKind::MobileSessionStart,
+                |message| {
+                    MobileSessionStart {
+                        timestamp: req.uint("timestamp").unwrap_or(now as u64),
+                        project_id: project.project_id,
+                        tracker_version: &req.string("trackerVersion").unwrap_or_default(),
+                        rev_id: &req.string("revID").unwrap_or_default(),
+                        user_uuid: &uuid,
+                        user_os: os,
+                        user_os_version: &req.string("userOSVersion").unwrap_or_default(),
+                        user_device: &device,
+                        user_device_type: device_type.as_str(),
+                        user_country: &geo.country,
+                    }
+                    .encode(message)
+                },
+            )?
         }
     };
     let answer = json!({
         "token": node.signer.compose(&token),
         "imagesHashList": [],
         "userUUID": uuid,
-        "beaconSizeLimit": project.beacon_size_limit.unwrap_or(node.config.beacon_size_limit),
+        "beaconSizeLimit": node.beacon_size_limit(&project),
         "sessionID": token.session_id.to_string(),
         "projectID": project.project_id.to_string(),
         "quality": "standard",

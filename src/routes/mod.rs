@@ -68,6 +68,15 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// The beacon size limit a project's trackers are told.
+    pub fn beacon_size_limit(&self, project: &Project) -> u64 {
+        project
+            .beacon_size_limit
+            .unwrap_or(self.config.beacon_size_limit)
+    }
+}
+
 /// What a worker lends a request: its log and reusable buffers.
 pub struct WorkerCtx<'a> {
     pub node: &'a NodeState,

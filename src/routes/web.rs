@@ -171,6 +171,39 @@ fn tracker_at_least(version: Option<&str>, min: (u64, u64, u64)) -> bool {
     v >= min
 }
 
+/// Opens a new session of `project`: draws the sample, takes an id, signs its token, and stores
+/// its start message (which `encode` writes) before any batch of it can arrive.
+pub(super) fn open_session(
+    ctx: &mut WorkerCtx<'_>,
+    project: &Project,
+    now: i64,
+    delay: i64,
+    kind: RecordKind,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> Result<SessionToken, Reject> {
+    if !sampled_in(project) {
+        return Err(Reject(Status::Forbidden, "cancel"));
+    }
+    let session_id = ctx.node.ids.next_id(now.max(0) as u64);
+    let token = SessionToken {
+        session_id,
+        delay,
+        expires_at_ms: start_timestamp_ms(session_id) as i64 + project.max_session_duration as i64,
+    };
+    let mut message = Vec::with_capacity(512);
+    encode(&mut message);
+    let meta = RecordMeta {
+        session_id,
+        arrival_unix_ns: now_ns(),
+        kind,
+    };
+    ctx.log.append(meta, b"", &[&message])?;
+    ctx.node
+        .sessions
+        .insert(session_id, project.project_id, token.expires_at_ms);
+    Ok(token)
+}
+
 pub(super) fn lookup_geo(ctx: &WorkerCtx<'_>, p: &Pending) -> GeoInfo {
     match (&ctx.node.geo, p.client.as_ref().and_then(|c| c.ip)) {
         (Some(db), Some(ip)) => db.lookup(ip),
@@ -204,45 +237,35 @@ pub(super) fn start(
     let token = match continued_session(ctx, req.token.as_deref(), req.reset, now) {
         Some(token) => token,
         None => {
-            if !sampled_in(&project) {
-                return Err(Reject(Status::Forbidden, "cancel"));
-            }
-            let session_id = node.ids.next_id(now as u64);
-            let token = SessionToken {
-                session_id,
-                delay: req.timestamp.map_or(0, |ts| now - ts),
-                expires_at_ms: start_timestamp_ms(session_id) as i64
-                    + project.max_session_duration as i64,
-            };
-            let mut message = Vec::with_capacity(256 + user_agent.len());
-            SessionStart {
-                timestamp: session_timestamp(&req, now),
-                project_id: project.project_id,
-                tracker_version: req.tracker_version.as_deref().unwrap_or(""),
-                rev_id: req.rev_id.as_deref().unwrap_or(""),
-                user_uuid: &uuid,
-                user_agent,
-                user_os: &ua.os,
-                user_os_version: &ua.os_version,
-                user_browser: &ua.browser,
-                user_browser_version: &ua.browser_version,
-                user_device: &ua.device,
-                user_device_type: &ua.device_type,
-                user_device_memory_size: req.device_memory.unwrap_or(0),
-                user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
-                user_country: &geo.country,
-                user_id: req.user_id.as_deref().unwrap_or(""),
-            }
-            .encode(&mut message);
-            let meta = RecordMeta {
-                session_id,
-                arrival_unix_ns: now_ns(),
-                kind: RecordKind::SessionStart,
-            };
-            ctx.log.append(meta, b"", &[&message])?;
-            node.sessions
-                .insert(session_id, project.project_id, token.expires_at_ms);
-            token
+            let delay = req.timestamp.map_or(0, |ts| now - ts);
+            open_session(
+                ctx,
+                &project,
+                now,
+                delay,
+                RecordKind::SessionStart,
+                |message| {
+                    SessionStart {
+                        timestamp: session_timestamp(&req, now),
+                        project_id: project.project_id,
+                        tracker_version: req.tracker_version.as_deref().unwrap_or(""),
+                        rev_id: req.rev_id.as_deref().unwrap_or(""),
+                        user_uuid: &uuid,
+                        user_agent,
+                        user_os: &ua.os,
+                        user_os_version: &ua.os_version,
+                        user_browser: &ua.browser,
+                        user_browser_version: &ua.browser_version,
+                        user_device: &ua.device,
+                        user_device_type: &ua.device_type,
+                        user_device_memory_size: req.device_memory.unwrap_or(0),
+                        user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
+                        user_country: &geo.country,
+                        user_id: req.user_id.as_deref().unwrap_or(""),
+                    }
+                    .encode(message)
+                },
+            )?
         }
     };
 
@@ -254,7 +277,7 @@ pub(super) fn start(
         "timestamp": now,
         "startTimestamp": start_timestamp_ms(token.session_id),
         "delay": token.delay,
-        "beaconSizeLimit": project.beacon_size_limit.unwrap_or(node.config.beacon_size_limit),
+        "beaconSizeLimit": node.beacon_size_limit(&project),
         "compressionThreshold": node.config.compression_threshold,
         "assistOnly": false,
         "userOS": ua.os,
