@@ -29,10 +29,15 @@ fn tracker_batch_head() -> Vec<u8> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|r| {
             r["method"] == "POST"
-                && r["path"].as_str().is_some_and(|p| p.contains("/v1/web/i?batch=0_4_"))
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/v1/web/i?batch=0_4_"))
         })
         .expect("the captured gzip batch request");
-    let mut head = format!("POST {} HTTP/1.1\r\n", request["path"].as_str().unwrap_or("/"));
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\n",
+        request["path"].as_str().unwrap_or("/")
+    );
     for (name, value) in request["headers"].as_object().expect("headers") {
         head.push_str(&format!("{name}: {}\r\n", value.as_str().unwrap_or("")));
     }
@@ -45,7 +50,11 @@ fn head_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("head_parse");
     g.throughput(Throughput::Bytes(head.len() as u64));
     g.bench_function("tracker_batch_head", |b| {
-        b.iter(|| parse_head(black_box(&head)).expect("valid head").expect("complete"))
+        b.iter(|| {
+            parse_head(black_box(&head))
+                .expect("valid head")
+                .expect("complete")
+        })
     });
     g.finish();
 }
@@ -92,8 +101,14 @@ fn batch_walk(c: &mut Criterion) {
 fn gzip_inflate(c: &mut Criterion) {
     let mut g = c.benchmark_group("gzip_inflate");
     for (wire, plain) in [
-        ("pv2-batch4-player.wire-gzip.bin", "pv2-batch4-player.gunzipped.bin"),
-        ("pv1-batch1-player.wire-gzip.bin", "pv1-batch1-player.gunzipped.bin"),
+        (
+            "pv2-batch4-player.wire-gzip.bin",
+            "pv2-batch4-player.gunzipped.bin",
+        ),
+        (
+            "pv1-batch1-player.wire-gzip.bin",
+            "pv1-batch1-player.gunzipped.bin",
+        ),
     ] {
         let body = fixture(wire);
         let expected = fixture(plain).len();
