@@ -18,7 +18,7 @@ use crate::http::{
     Status, CONTINUE_100, MAX_HEAD_BYTES,
 };
 use crate::log::Reservation;
-use crate::routes::{self, Begin, Pending, WorkerCtx};
+use crate::routes::{self, Begin, Pending, TokenMemo, WorkerCtx};
 
 /// Size of a connection's input buffer: a whole head (at most 16 KiB) always fits after the
 /// unread bytes are moved to the front, and a read takes up to this much at once.
@@ -136,6 +136,7 @@ pub struct Conn<S = TcpStream> {
     close_after_flush: bool,
     /// Requests begun in the current drive (see REQUEST_BUDGET).
     begun: u32,
+    tokens: TokenMemo,
 }
 
 impl<S: Read + Write> Conn<S> {
@@ -154,6 +155,7 @@ impl<S: Read + Write> Conn<S> {
             deadline: now + idle,
             close_after_flush: false,
             begun: 0,
+            tokens: TokenMemo::default(),
         }
     }
 
@@ -400,7 +402,15 @@ impl<S: Read + Write> Conn<S> {
         };
         self.begun += 1;
         let keep = head.keep_alive && !env.stopping;
-        let begin = routes::begin(env.ctx, &head, buffered, self.peer, keep, &mut self.out);
+        let begin = routes::begin(
+            env.ctx,
+            &head,
+            buffered,
+            self.peer,
+            keep,
+            &mut self.tokens,
+            &mut self.out,
+        );
         self.start += head.head_len;
         let framing = match head.framing {
             BodyFraming::None | BodyFraming::Length(0) => None,

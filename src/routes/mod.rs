@@ -257,13 +257,15 @@ fn error(out: &mut Vec<u8>, status: Status, opts: ResponseOptions, message: &str
 }
 
 /// Decides what to do with a request from its head. `buf` is the buffer the head's spans point
-/// into; `keep_alive` is false when the connection is going to close anyway (shutdown).
+/// into; `keep_alive` is false when the connection is going to close anyway (shutdown); `memo`
+/// is the connection's last verified token.
 pub fn begin(
     ctx: &mut WorkerCtx<'_>,
     head: &RequestHead,
     buf: &[u8],
     peer: IpAddr,
     keep_alive: bool,
+    memo: &mut TokenMemo,
     out: &mut Vec<u8>,
 ) -> Begin {
     let node = ctx.node;
@@ -311,7 +313,7 @@ pub fn begin(
     let mut just_expired = false;
     if route.needs_token() {
         let now = now_ms();
-        match verify_bearer(&node.signer, head.authorization.map(|s| s.get(buf))) {
+        match verify_bearer(&node.signer, memo, head.authorization.map(|s| s.get(buf))) {
             Ok(t) if !t.is_expired(now) => token = Some(t),
             Ok(t) if route == Route::MobileLate => token = Some(t),
             Ok(t) if t.is_just_expired(now) && is_batch(route) => {
@@ -438,13 +440,52 @@ impl BearerError {
     }
 }
 
-fn verify_bearer(signer: &TokenSigner, value: Option<&[u8]>) -> Result<SessionToken, BearerError> {
+fn verify_bearer(
+    signer: &TokenSigner,
+    memo: &mut TokenMemo,
+    value: Option<&[u8]>,
+) -> Result<SessionToken, BearerError> {
     let value = value.ok_or(BearerError::Missing)?.trim_ascii();
     let token = match value.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
         _ => return Err(BearerError::Missing),
     };
-    signer.verify(token).map_err(BearerError::Token)
+    memo.verify(signer, token).map_err(BearerError::Token)
+}
+
+/// The last token whose signature verified on a connection. A tracker sends the same token with
+/// every batch of a session, and its HMAC costs about 2 µs, a fifth of handling a 1 KiB batch.
+/// Only the signature is remembered: expiry is checked on every request. A match is the exact
+/// bytes that verified before on this same connection, so the comparison reveals nothing that
+/// its own client did not send.
+#[derive(Default)]
+pub struct TokenMemo {
+    bytes: Vec<u8>,
+    token: Option<SessionToken>,
+}
+
+/// Real tokens are about 70 bytes; longer ones are verified every time rather than kept.
+const TOKEN_MEMO_MAX: usize = 128;
+
+impl TokenMemo {
+    fn verify(
+        &mut self,
+        signer: &TokenSigner,
+        presented: &[u8],
+    ) -> Result<SessionToken, TokenError> {
+        if let Some(token) = self.token {
+            if self.bytes == presented {
+                return Ok(token);
+            }
+        }
+        let token = signer.verify(presented)?;
+        if presented.len() <= TOKEN_MEMO_MAX {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(presented);
+            self.token = Some(token);
+        }
+        Ok(token)
+    }
 }
 
 /// The value of `name` in a query string (`a=1&b=2`); no percent-decoding (the tracker's
@@ -632,6 +673,32 @@ mod tests {
                 String::from_utf8_lossy(path)
             );
         }
+    }
+
+    #[test]
+    fn the_token_memo_remembers_only_what_verified() {
+        let signer = TokenSigner::new(b"s");
+        let good = signer.compose(&SessionToken {
+            session_id: 9,
+            delay: 0,
+            expires_at_ms: 1,
+        });
+        let mut memo = TokenMemo::default();
+        assert_eq!(memo.verify(&signer, good.as_bytes()).unwrap().session_id, 9);
+        assert_eq!(memo.verify(&signer, good.as_bytes()).unwrap().session_id, 9);
+        let mut forged = good.clone().into_bytes();
+        *forged.last_mut().unwrap() ^= 1;
+        assert!(memo.verify(&signer, &forged).is_err());
+        assert!(memo
+            .verify(&signer, &good.as_bytes()[..good.len() - 1])
+            .is_err());
+        // A failure does not evict the good token.
+        assert!(memo.verify(&signer, good.as_bytes()).is_ok());
+        // Another signer's memo is not consulted: a new memo verifies from scratch.
+        let other = TokenSigner::new(b"t");
+        assert!(TokenMemo::default()
+            .verify(&other, good.as_bytes())
+            .is_err());
     }
 
     #[test]
