@@ -326,13 +326,7 @@ impl Config {
 
 /// Leaves room under the descriptor limit for segment files and the listeners.
 fn default_max_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let soft = if ok { limit.rlim_cur } else { 1024 };
+    let soft = rlimit::Resource::NOFILE.get_soft().unwrap_or(1024);
     let soft = usize::try_from(soft).unwrap_or(usize::MAX);
     soft.saturating_sub(64).max(64)
 }

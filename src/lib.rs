@@ -10,6 +10,8 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// Every `unsafe` block of the crate lives in `log::mmap`, the one module allowed it.
+#![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;

@@ -18,6 +18,7 @@
 //! is the hot path; `service` the background thread; `recovery` and `reader` the rest.
 
 pub mod format;
+#[allow(unsafe_code)]
 mod mmap;
 mod reader;
 mod recovery;
