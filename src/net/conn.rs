@@ -491,12 +491,7 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn refuse_head(&mut self, e: HeadError, env: &Env<'_, '_>) -> State {
-        let opts = ResponseOptions {
-            cors: env.ctx.node.config.use_cors,
-            keep_alive: false,
-            allow_get: false,
-            minor_version: 1,
-        };
+        let opts = ResponseOptions::closing(env.ctx.node.config.use_cors);
         write_error(&mut self.out, e.status(), opts, e.message());
         self.start = self.end;
         self.close_after_flush = true;
@@ -552,12 +547,7 @@ impl<S: Read + Write> Conn<S> {
     /// The deadline passed: a client that was mid-request is told so (best effort), then closed.
     pub fn time_out(&mut self, cors: bool) {
         if matches!(self.phase, Phase::Head | Phase::Body) && self.out_pos == self.out.len() {
-            let opts = ResponseOptions {
-                cors,
-                keep_alive: false,
-                allow_get: false,
-                minor_version: 1,
-            };
+            let opts = ResponseOptions::closing(cors);
             write_error(
                 &mut self.out,
                 Status::RequestTimeout,

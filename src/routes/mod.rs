@@ -271,12 +271,9 @@ pub fn begin(
     let node = ctx.node;
     let route = Route::resolve(head.path.get(buf));
     // Answers sent once the body is in.
-    let mut opts = ResponseOptions {
-        cors: node.config.use_cors,
-        keep_alive: keep_alive && head.keep_alive,
-        allow_get: route.is_some_and(|r| r.method() == Method::Get),
-        minor_version: head.minor_version,
-    };
+    let allow_get = route.is_some_and(|r| r.method() == Method::Get);
+    let mut opts = ResponseOptions::for_request(head, node.config.use_cors, allow_get);
+    opts.keep_alive &= keep_alive;
     // Answers sent before the body: a client waiting for `100 Continue` may or may not send the
     // body now, so the connection cannot be reused, and the answer says so.
     let early = ResponseOptions {
