@@ -40,6 +40,7 @@ pub struct Config {
     pub segment_size: u64,
     pub segment_max_age: Duration,
     pub prefault_window: usize,
+    pub retain_bytes: Option<u64>,
     pub geoip_db: Option<PathBuf>,
     pub max_connections: usize,
 }
@@ -106,6 +107,9 @@ pub struct ServeArgs {
     /// Age at which a non-empty segment is sealed (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub segment_max_age: Option<Duration>,
+    /// Bytes of sealed segments kept; the oldest beyond are retired (default: keep all).
+    #[arg(long)]
+    pub retain_bytes: Option<u64>,
     /// MaxMind GeoIP2/GeoLite2 database for userCountry/State/City.
     #[arg(long, env = "MAXMINDDB_FILE")]
     pub geoip_db: Option<PathBuf>,
@@ -143,6 +147,7 @@ struct FileConfig {
     segment_size: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     segment_max_age: Option<Duration>,
+    retain_bytes: Option<u64>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
 }
@@ -283,6 +288,7 @@ impl Config {
                 .or(f.segment_max_age)
                 .unwrap_or(LogConfig::DEFAULT_SEGMENT_MAX_AGE),
             prefault_window: LogConfig::DEFAULT_PREFAULT_WINDOW,
+            retain_bytes: a.retain_bytes.or(f.retain_bytes),
             geoip_db: a.geoip_db.clone().or(f.geoip_db),
             max_connections: a
                 .max_connections
@@ -316,6 +322,7 @@ impl Config {
             segment_size: self.segment_size,
             segment_max_age: self.segment_max_age,
             prefault_window: self.prefault_window,
+            retain_bytes: self.retain_bytes,
         }
     }
 

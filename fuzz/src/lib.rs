@@ -108,6 +108,7 @@ impl Harness {
                 segment_size: 4 << 20,
                 segment_max_age: Duration::from_secs(3600),
                 prefault_window: 0,
+                retain_bytes: None,
             },
             1,
         )

@@ -120,6 +120,9 @@ pub struct LogConfig {
     pub segment_max_age: Duration,
     /// How far ahead of a writer's cursor pages are pre-faulted; 0 turns pre-faulting off.
     pub prefault_window: usize,
+    /// Sealed segments kept, in bytes: beyond it the oldest are retired (reused as spare files
+    /// or deleted). `None` keeps every segment.
+    pub retain_bytes: Option<u64>,
 }
 
 impl LogConfig {
@@ -140,6 +143,7 @@ impl LogConfig {
             segment_size: Self::DEFAULT_SEGMENT_SIZE,
             segment_max_age: Self::DEFAULT_SEGMENT_MAX_AGE,
             prefault_window: Self::DEFAULT_PREFAULT_WINDOW,
+            retain_bytes: None,
         }
     }
 

@@ -6,16 +6,16 @@
 use std::ops::Range;
 
 use crate::log::format::{
-    record_crc, record_len, RecordHeader, SegmentHeader, RECORD_CRC_START, RECORD_HEADER_LEN,
+    record_len, RecordHeader, SegmentHeader, RECORD_CRC_START, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_END, STATE_PENDING,
 };
 use crate::log::{LogError, RecordKind, RecordMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordClass {
-    /// COMMITTED, CRC good, kind known: the only class readers return.
+    /// COMMITTED, checksum good, kind known: the only class readers return.
     Valid,
-    /// COMMITTED but the CRC fails (or kind/flags are unknown): skipped, lengths were intact.
+    /// COMMITTED but the checksum fails (or kind/flags are unknown): skipped, lengths were intact.
     Corrupt,
     /// PENDING: being filled, or was when the writer died. Never acknowledged.
     Incomplete,
@@ -96,9 +96,14 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, LogError> {
         if rest.is_empty() {
             break cut_short;
         }
+        // The writer keeps the state word at its cursor zero (a reused file may hold stale
+        // bytes after it, even with fewer than a header's worth left).
+        if rest.iter().take(4).all(|&b| b == 0) {
+            break header.is_sealed();
+        }
         let Some(head) = rest.get(..RECORD_HEADER_LEN) else {
-            // Too short for a header: fine only as the zero tail of an open segment.
-            break header.is_sealed() || rest.iter().any(|&b| b != 0);
+            // Too short for a header, and not a clean end.
+            break true;
         };
         let mut head_bytes = [0u8; RECORD_HEADER_LEN];
         head_bytes.copy_from_slice(head);
@@ -112,7 +117,7 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, LogError> {
         let class = match rec.state {
             STATE_COMMITTED => {
                 let covered = &rest[RECORD_CRC_START..RECORD_HEADER_LEN + rec.payload_len as usize];
-                let intact = record_crc(covered) == rec.crc
+                let intact = header.record_checksum(covered) == rec.crc
                     && RecordKind::from_u8(rec.kind).is_some()
                     && rec.flags == 0;
                 if intact {
@@ -159,15 +164,19 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     const CAP: usize = 4096;
+    /// The test segment's salt; its tag (low half) is 5.
+    const SALT: u64 = 0xabcd_0000_0000_0005;
 
     fn segment(sealed_len: Option<u64>) -> Vec<u8> {
         let mut h = SegmentHeader {
+            version: crate::log::format::FORMAT_VERSION,
             worker: 1,
-            seq: 5,
+            seq: 9,
             created_unix_ns: 1,
             capacity: CAP as u64,
             sealed_len: 0,
             flags: 0,
+            salt: SALT,
         };
         if let Some(len) = sealed_len {
             h = h.sealed_at(len);
@@ -188,7 +197,7 @@ mod tests {
         h.state = state;
         b[off..off + 40].copy_from_slice(&h.encode());
         b[off + 40..off + 40 + body.len()].copy_from_slice(body);
-        let crc = record_crc(&b[off + 12..off + 40 + body.len()]);
+        let crc = crate::log::format::record_checksum(SALT, &b[off + 12..off + 40 + body.len()]);
         b[off + 8..off + 12].copy_from_slice(&crc.to_le_bytes());
         off + record_len(body.len()).unwrap()
     }
@@ -248,6 +257,46 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// A reused file: the writer's records, its zeroed end mark, then a stale record of the
+    /// file's earlier life (another salt, so another tag and checksum seed).
+    #[test]
+    fn stale_bytes_of_a_reused_file_are_never_records() {
+        let stale_salt = 0x7777_0000_0000_0006;
+        let stale = |b: &mut Vec<u8>, off: usize, tag: u32| {
+            let meta = RecordMeta {
+                session_id: 99,
+                arrival_unix_ns: 1,
+                kind: RecordKind::WebBatch,
+            };
+            let mut h = RecordHeader::new(meta, tag, 0, 16);
+            h.state = STATE_COMMITTED;
+            b[off..off + 40].copy_from_slice(&h.encode());
+            b[off + 40..off + 56].fill(0xee);
+            let crc = crate::log::format::record_checksum(stale_salt, &b[off + 12..off + 56]);
+            b[off + 8..off + 12].copy_from_slice(&crc.to_le_bytes());
+        };
+        let mut b = segment(None);
+        let a = put(&mut b, 64, STATE_COMMITTED, 1, b"aaaaaaaa");
+        // With the end mark in place (the writer's normal case): a clean end.
+        stale(&mut b, a + 8, 6);
+        let scan = scan_segment(&b).unwrap();
+        assert_eq!(
+            (classes(&scan), scan.end as usize, scan.torn),
+            (vec![RecordClass::Valid], a, false)
+        );
+        // The end mark lost (a crash kept the stale page): a torn tail at the foreign tag.
+        stale(&mut b, a, 6);
+        let scan = scan_segment(&b).unwrap();
+        assert_eq!(
+            (classes(&scan), scan.end as usize, scan.torn),
+            (vec![RecordClass::Valid], a, true)
+        );
+        // Even a stale record whose tag collides with ours fails its checksum: our salt seeds it.
+        stale(&mut b, a, 5);
+        let scan = scan_segment(&b).unwrap();
+        assert_eq!(classes(&scan), [RecordClass::Valid, RecordClass::Corrupt]);
     }
 
     #[test]

@@ -6,12 +6,28 @@
 //! bounded(1) channel per worker, and sealed files on disk. Runs on its own thread, started once
 //! by [`SegmentService::start`] after start-up recovery.
 //!
+//! # Reusing retired files
+//!
+//! A segment file's pages cost most when they are new to the file: the kernel allocates and
+//! zeroes each page and the file system allocates its blocks, about 30 µs per 64 KiB here (see
+//! `bench/RESULTS.md`), more than receiving the bytes. So a segment that is done with (shipped,
+//! forwarded, or otherwise retired) should be moved into `segments/spare/` rather than deleted:
+//! the next prepared segment reuses the newest file found there (its pages likely still cached),
+//! renamed and resized, instead of creating one. Its stale bytes are harmless: see
+//! `format` on salts and end marks. The service keeps at most [`SPARES_KEPT`] per worker and
+//! deletes the oldest beyond that; a rolled segment that holds no record goes there too.
+//!
+//! Only a sealed segment whose file is cut to its sealed length may be moved there: before
+//! that, the service still holds it. With `retain_bytes` set, the service itself retires the
+//! oldest sealed segments once they add up to more than that (a retention limit, as a queue
+//! has; until segments are forwarded, what it retires is gone).
+//!
 //! Each worker has at most one prepared segment in flight (its writer asks for the next one when
 //! it takes one), so the service never blocks sending to a worker. Commands are handled in order:
 //! a writer's pre-fault requests for a segment arrive before that segment's seal, so by then the
 //! service holds the last handle to the mapping and may unmap it and truncate the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -34,6 +50,8 @@ use crate::log::{LogConfig, LogError};
 const COMMAND_QUEUE: usize = 1024;
 /// How often a seal that still waits for its last mapping handle is retried.
 const DEFERRED_SEAL_RETRY: Duration = Duration::from_millis(20);
+/// Spare files kept per worker (see the module doc); older ones are deleted.
+pub const SPARES_KEPT: usize = 2;
 
 pub(crate) enum Command {
     Prepare {
@@ -58,7 +76,8 @@ pub(crate) struct SealJob {
     pub sealed_len: u64,
 }
 
-/// A blank segment file ready to be taken into use: full length, mapped, head pre-faulted.
+/// A segment file ready to be taken into use: full length, mapped, head pre-faulted. Blank, or
+/// a reused file holding stale bytes.
 pub(crate) struct PreparedSegment {
     pub file: File,
     pub prep_path: PathBuf,
@@ -77,6 +96,12 @@ pub(crate) struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Makes `.prep-` names unique.
     prep_counter: AtomicU64,
+    /// Segment files reused from `spare/`, and new ones created.
+    pub reused: AtomicU64,
+    pub created: AtomicU64,
+    /// Sealed segments retired by the retention limit.
+    pub retired: AtomicU64,
+    retain_bytes: Option<u64>,
 }
 
 pub(crate) struct WorkerSlot {
@@ -87,18 +112,31 @@ pub(crate) struct WorkerSlot {
 }
 
 impl Shared {
-    /// Creates, fallocates and maps a blank segment file under a `.prep-` name. Used by the
-    /// service, and by a writer that found nothing prepared (a stall).
+    /// Takes a spare file (or creates one), sizes and fallocates it, and maps it, under a
+    /// `.prep-` name. Used by the service, and by a writer that found nothing prepared (a stall).
     pub fn prepare(&self, worker: u16, prefault: bool) -> io::Result<PreparedSegment> {
         let n = self.prep_counter.fetch_add(1, Ordering::Relaxed);
         let prep_path = self.segments_dir.join(format::prep_file_name(worker, n));
         let made = (|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&prep_path)?;
+            let file = match self.take_spare(&prep_path)? {
+                Some(file) => {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    if file.metadata()?.len() > self.capacity as u64 {
+                        file.set_len(self.capacity as u64)?;
+                    }
+                    file
+                }
+                None => {
+                    self.created.fetch_add(1, Ordering::Relaxed);
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(&prep_path)?
+                }
+            };
+            // Allocates only what is missing: all of a new file, the cut tail of a sealed one.
             mmap::allocate(&file, self.capacity as u64)?;
             let region = mmap::map_segment(&file, self.capacity)?;
             let mut prefaulted = 0;
@@ -120,6 +158,57 @@ impl Shared {
         }
         made
     }
+
+    fn spare_dir(&self) -> PathBuf {
+        self.segments_dir.join(format::SPARE_DIR)
+    }
+
+    /// Renames the newest file in `spare/` to `prep_path` and opens it; deletes spares beyond
+    /// what is kept. `None` when there is none (another thread may have raced us to each).
+    fn take_spare(&self, prep_path: &Path) -> io::Result<Option<File>> {
+        let mut spares = match list_spares(&self.spare_dir()) {
+            Ok(spares) => spares,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // One is taken now; `keep` more stay for the next rolls.
+        let keep = SPARES_KEPT * self.workers.len().max(1);
+        if spares.len() > keep + 1 {
+            for old in spares.drain(keep + 1..) {
+                if let Err(e) = std::fs::remove_file(&old) {
+                    log::debug!("removing spare {}: {e}", old.display());
+                }
+            }
+        }
+        for spare in spares {
+            match std::fs::rename(&spare, prep_path) {
+                Ok(()) => {
+                    return OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(prep_path)
+                        .map(Some)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Regular files in `dir`, newest (last modified) first.
+fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut spares = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            spares.push((meta.modified()?, entry.path()));
+        }
+    }
+    spares.sort_by(|a, b| b.cmp(a));
+    Ok(spares.into_iter().map(|(_, path)| path).collect())
 }
 
 /// Shared background thread: prepares (creates, fallocates, pre-faults) the next segment file
@@ -140,10 +229,14 @@ impl SegmentService {
     pub fn start(cfg: LogConfig, workers: u16) -> Result<Self, LogError> {
         let capacity = cfg.validate()?;
         let segments_dir = cfg.segments_dir();
-        std::fs::create_dir_all(&segments_dir)?;
+        std::fs::create_dir_all(segments_dir.join(format::SPARE_DIR))?;
         let lock = recovery::lock_dir(&segments_dir)?;
         let summary = recovery::recover_locked(&segments_dir)?;
         let next_seqs = next_seqs(&segments_dir)?;
+        let retained = match cfg.retain_bytes {
+            Some(_) => Retained::scan(&segments_dir)?,
+            None => Retained::default(),
+        };
 
         let (commands, command_rx) = bounded(COMMAND_QUEUE);
         let workers = (0..workers)
@@ -165,11 +258,15 @@ impl SegmentService {
             commands,
             workers,
             prep_counter: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            retain_bytes: cfg.retain_bytes,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("segment-service".into())
-            .spawn(move || run(&thread_shared, &command_rx))?;
+            .spawn(move || run(&thread_shared, &command_rx, retained))?;
         for worker in 0..shared.workers.len() as u16 {
             shared
                 .commands
@@ -244,8 +341,9 @@ fn next_seqs(segments_dir: &Path) -> io::Result<HashMap<u16, u64>> {
     Ok(next)
 }
 
-fn run(shared: &Shared, commands: &Receiver<Command>) {
+fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
     let mut prefault_supported = true;
+    retained.enforce(shared);
     // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
     let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
     loop {
@@ -272,7 +370,7 @@ fn run(shared: &Shared, commands: &Receiver<Command>) {
                 // Room is guaranteed (one in flight per worker); if not, the file is dropped
                 // and its `.prep-` name cleaned up below.
                 if let Err(e) = slot.prepared_tx.try_send(prepared) {
-                    discard_prepared(e.into_inner());
+                    discard_prepared(shared, e.into_inner());
                 }
             }
             Some(Command::Prefault { map, offset, len }) if prefault_supported => {
@@ -287,7 +385,7 @@ fn run(shared: &Shared, commands: &Receiver<Command>) {
             }
             Some(Command::Prefault { .. }) => {}
             Some(Command::Seal(job)) => {
-                if let Some(job) = seal(job) {
+                if let Some(job) = seal(shared, job, &mut retained) {
                     deferred.insert(job.path.clone(), job);
                 }
             }
@@ -295,7 +393,7 @@ fn run(shared: &Shared, commands: &Receiver<Command>) {
         }
         let waiting = std::mem::take(&mut deferred);
         for (path, job) in waiting {
-            if let Some(job) = seal(job) {
+            if let Some(job) = seal(shared, job, &mut retained) {
                 deferred.insert(path, job);
             }
         }
@@ -319,25 +417,108 @@ fn run(shared: &Shared, commands: &Receiver<Command>) {
     }
     for slot in &shared.workers {
         while let Ok(prepared) = slot.prepared.try_recv() {
-            discard_prepared(prepared);
+            discard_prepared(shared, prepared);
+        }
+    }
+    log::info!(
+        "segment files: {} created, {} reused from {}/, {} retired",
+        shared.created.load(Ordering::Relaxed),
+        shared.reused.load(Ordering::Relaxed),
+        format::SPARE_DIR,
+        shared.retired.load(Ordering::Relaxed),
+    );
+}
+
+/// Sealed segments on disk, oldest first, for the retention limit (empty without one).
+#[derive(Default)]
+struct Retained {
+    segments: VecDeque<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl Retained {
+    /// The sealed segments in `segments_dir` (all of them, after recovery), by creation time.
+    fn scan(segments_dir: &Path) -> io::Result<Self> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(segments_dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) else {
+                continue;
+            };
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            let file = File::open(entry.path())?;
+            if file.read_exact_at(&mut head, 0).is_err() {
+                continue;
+            }
+            if let Ok(header) = SegmentHeader::decode(&head) {
+                if header.is_sealed() {
+                    let key = (header.created_unix_ns, name);
+                    found.push((key, entry.path(), file.metadata()?.len()));
+                }
+            }
+        }
+        found.sort_by_key(|(key, _, _)| *key);
+        let bytes = found.iter().map(|(_, _, len)| len).sum();
+        let segments = found.into_iter().map(|(_, p, len)| (p, len)).collect();
+        Ok(Retained { segments, bytes })
+    }
+
+    fn push(&mut self, shared: &Shared, path: PathBuf, len: u64) {
+        if shared.retain_bytes.is_none() {
+            return;
+        }
+        self.segments.push_back((path, len));
+        self.bytes += len;
+        self.enforce(shared);
+    }
+
+    /// Retires the oldest segments while more than the limit is kept: into `spare/` while it
+    /// holds fewer than it keeps, deleted otherwise.
+    fn enforce(&mut self, shared: &Shared) {
+        let Some(limit) = shared.retain_bytes else {
+            return;
+        };
+        while self.bytes > limit {
+            let Some((path, len)) = self.segments.pop_front() else {
+                break;
+            };
+            self.bytes -= len;
+            let spare_dir = shared.spare_dir();
+            let spares = std::fs::read_dir(&spare_dir).map_or(0, |d| d.count());
+            let result = if spares < SPARES_KEPT * shared.workers.len().max(1) {
+                std::fs::rename(&path, spare_dir.join(path.file_name().unwrap_or_default()))
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => {
+                    shared.retired.fetch_add(1, Ordering::Relaxed);
+                }
+                // Gone already: someone else retired it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::error!("retiring {}: {e}", path.display()),
+            }
         }
     }
 }
 
-fn discard_prepared(prepared: io::Result<PreparedSegment>) {
+/// A prepared segment nobody will take: kept as a spare for the next start.
+fn discard_prepared(shared: &Shared, prepared: io::Result<PreparedSegment>) {
     if let Ok(p) = prepared {
         let path = p.prep_path.clone();
         drop(p);
-        if let Err(e) = std::fs::remove_file(&path) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let spare = shared.spare_dir().join(name.trim_start_matches('.'));
+        if let Err(e) = std::fs::rename(&path, spare).or_else(|_| std::fs::remove_file(&path)) {
             log::warn!("removing unused {}: {e}", path.display());
         }
     }
 }
 
 /// Seals a rolled segment: unmaps it, writes the sealed header, truncates the file to its used
-/// length. A segment without records is removed instead: there is nothing to compact. Gives the
-/// job back if the mapping still has another handle.
-fn seal(job: SealJob) -> Option<SealJob> {
+/// length. A segment without records becomes a spare instead: there is nothing to compact. Gives
+/// the job back if the mapping still has another handle.
+fn seal(shared: &Shared, job: SealJob, retained: &mut Retained) -> Option<SealJob> {
     let SealJob {
         map,
         file,
@@ -355,14 +536,19 @@ fn seal(job: SealJob) -> Option<SealJob> {
         });
     }
     let result = if sealed_len <= SEGMENT_HEADER_LEN as u64 {
-        std::fs::remove_file(&path)
+        let spare = shared
+            .spare_dir()
+            .join(path.file_name().unwrap_or_default());
+        std::fs::rename(&path, spare).or_else(|_| std::fs::remove_file(&path))
     } else {
         // Header first: a crash between the two leaves a sealed header over a longer file,
         // which recovery finishes by truncating.
         write_sealed_header(&file, header, sealed_len).and_then(|()| file.set_len(sealed_len))
     };
-    if let Err(e) = result {
-        log::error!("sealing {}: {e}", path.display());
+    match result {
+        Ok(()) if sealed_len > SEGMENT_HEADER_LEN as u64 => retained.push(shared, path, sealed_len),
+        Ok(()) => {}
+        Err(e) => log::error!("sealing {}: {e}", path.display()),
     }
     None
 }

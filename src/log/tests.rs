@@ -17,6 +17,7 @@ fn config(dir: &Path) -> LogConfig {
         segment_size: SEG,
         segment_max_age: Duration::from_secs(10),
         prefault_window: 16 << 10,
+        retain_bytes: None,
     }
 }
 
@@ -161,8 +162,17 @@ fn three_ways_in_round_trip_including_reservations_across_a_roll() {
     assert_all_sealed(dir.path());
     assert_eq!(
         other_files(dir.path()),
-        [".lock"],
+        [".lock", "spare"],
         "no .prep- leftovers after shutdown"
+    );
+    // The segment prepared for a next roll that never came is kept for reuse.
+    let spares: Vec<_> = std::fs::read_dir(dir.path().join(SEGMENTS_DIR).join("spare"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        spares.len() == 1 && spares[0].starts_with("prep-w000-"),
+        "{spares:?}"
     );
 }
 
@@ -526,7 +536,12 @@ fn recovery_sets_aside_garbage_removes_empty_and_finishes_seals() {
     );
     assert_eq!(
         other_files(dir.path()),
-        [".lock", "notes.txt", "w000-0000000000000007.seg.bad"]
+        [
+            ".lock",
+            "notes.txt",
+            "spare",
+            "w000-0000000000000007.seg.bad"
+        ]
     );
     // A seal interrupted before its truncation is finished.
     let sealed_len = header_of(&crashed).sealed_len;
@@ -765,4 +780,129 @@ fn rolls_take_prepared_segments_and_stall_only_without_one() {
         .map(|(n, _)| n.seq)
         .collect();
     assert_eq!(seqs, [0, 1, 2, 4]);
+}
+
+/// Retired segments moved into `spare/` are reused as new segments: their stale records never
+/// come back, not through a reader, not after a crash, and the spare pool stays bounded.
+#[test]
+fn spare_files_are_reused_and_their_stale_records_never_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare_dir = dir.path().join(SEGMENTS_DIR).join("spare");
+    // A first life: full segments of records with sessions 1000.., then retired.
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..40u64 {
+        w.append(
+            meta(1000 + i, i, RecordKind::WebBatch),
+            b"",
+            &[&body(i, 6000)],
+        )
+        .unwrap();
+    }
+    w.close().unwrap();
+    service.shutdown();
+    let retired = segment_files(dir.path());
+    assert!(retired.len() >= 3, "{retired:?}");
+    for (name, path) in &retired {
+        std::fs::rename(path, spare_dir.join(name.file_name())).unwrap();
+    }
+    // An oversized foreign file of junk is reused too (cut to the segment size).
+    std::fs::write(spare_dir.join("junk"), vec![0xab; 3 * SEG as usize]).unwrap();
+    let spares_before = std::fs::read_dir(&spare_dir).unwrap().count();
+
+    // A second life, smaller records at other offsets, a reservation among them.
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    let mut want = Vec::new();
+    for i in 0..30u64 {
+        let m = meta(i, 100 + i, RecordKind::WebBatch);
+        let b = body(500 + i, 3000 + 97 * i as usize);
+        if i % 7 == 3 {
+            let mut r = w.reserve(m, b"", b.len()).unwrap();
+            r.unfilled().copy_from_slice(&b);
+            r.advance(b.len());
+            r.commit();
+        } else {
+            w.append(m, b"", &[&b]).unwrap();
+        }
+        want.push((m, vec![], b));
+    }
+    // Three segments in use so far (two rolls) and a fourth prepared. The first prepare cut the
+    // pool to what is kept plus the one it took; the fourth found the pool empty.
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    let shared = std::sync::Arc::clone(&service.shared);
+    let (reused, created) = (&shared.reused, &shared.created);
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("four segments prepared", || {
+        load(reused) + load(created) == 4
+    });
+    let pool = spares_before.min(super::service::SPARES_KEPT + 1) as u64;
+    assert_eq!((load(reused), load(created)), (pool, 4 - pool));
+    // Crash in the middle of a reused segment: nothing sealed it, no end but the end mark.
+    std::mem::forget(w);
+    service.shutdown();
+    assert!(
+        spares_before > super::service::SPARES_KEPT + 1,
+        "{spares_before}"
+    );
+
+    let summary = recover(dir.path()).unwrap();
+    // The crashed segment ends cleanly at its end mark, stale bytes after it.
+    assert_eq!(
+        (summary.unsealed, summary.corrupt, summary.torn_tails),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(contents(dir.path()), want);
+    assert_all_sealed(dir.path());
+}
+
+/// With a retention limit the service retires the oldest sealed segments (into `spare/` while
+/// it has room, deleted beyond) and keeps the newest records, at run time and at start-up.
+#[test]
+fn retention_keeps_the_newest_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retain_bytes = Some(3 * SEG);
+    let service = SegmentService::start(cfg.clone(), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    let mut want = Vec::new();
+    for i in 0..100u64 {
+        let m = meta(i, i, RecordKind::WebBatch);
+        let b = body(i, 6000);
+        w.append(m, b"", &[&b]).unwrap();
+        want.push((m, vec![], b));
+    }
+    w.close().unwrap();
+    let retired = std::sync::Arc::clone(&service.shared);
+    service.shutdown();
+    let retired = retired.retired.load(std::sync::atomic::Ordering::Relaxed);
+
+    let kept: u64 = segment_files(dir.path())
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(kept <= 3 * SEG && kept > 2 * SEG, "kept {kept} bytes");
+    let got = contents(dir.path());
+    assert!(retired >= 5, "retired {retired}");
+    assert_eq!(
+        got[..],
+        want[want.len() - got.len()..],
+        "the newest records are kept"
+    );
+    let spares = std::fs::read_dir(dir.path().join(SEGMENTS_DIR).join("spare")).unwrap();
+    // One prepared-but-unused file at shutdown, retired ones up to the pool size.
+    assert!(spares.count() <= super::service::SPARES_KEPT + 1);
+
+    // A lower limit at the next start retires down to it before anything is written.
+    cfg.retain_bytes = Some(SEG);
+    let service = SegmentService::start(cfg, 1).unwrap();
+    let shared = std::sync::Arc::clone(&service.shared);
+    wait_until("retirement at start-up", || {
+        shared.retired.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    });
+    service.shutdown();
+    let left = contents(dir.path());
+    assert!(!left.is_empty() && left.len() < got.len());
+    assert_eq!(left[..], want[want.len() - left.len()..]);
 }

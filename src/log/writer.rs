@@ -15,9 +15,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ring::rand::{SecureRandom, SystemRandom};
+
 use crate::log::format::{
-    record_crc, record_len, RecordHeader, SegmentHeader, SegmentName, RECORD_CRC_START,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_PENDING,
+    record_checksum, record_len, RecordHeader, SegmentHeader, SegmentName, END_MARK_LEN,
+    FORMAT_VERSION, RECORD_CRC_START, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, STATE_ABANDONED,
+    STATE_COMMITTED, STATE_PENDING,
 };
 use crate::log::mmap::{Region, SegmentMap};
 use crate::log::service::{Command, PreparedSegment, SealJob, Shared};
@@ -45,6 +48,8 @@ struct ActiveSegment {
     tail: Region,
     lease: Rc<SegmentLease>,
     tag: u32,
+    /// Seeds the record checksums (see `format`).
+    salt: u64,
     first_record_at: Option<Instant>,
     /// Offset up to which pages were pre-faulted or requested.
     prefault_to: usize,
@@ -184,8 +189,9 @@ impl SegmentWriter {
         let bytes = region.bytes_mut();
         bytes[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
         bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + name.len()].copy_from_slice(name);
-        let crc = record_crc(&bytes[RECORD_CRC_START..RECORD_HEADER_LEN + name.len()]);
-        // Lengths first, then PENDING: a scanner that sees PENDING can step over the record.
+        zero_end_mark(&mut self.active.tail);
+        // Lengths and the end mark past the record first, then PENDING: a scanner that sees
+        // PENDING can step over the record and finds a clean end behind it.
         region.publish_u32(0, STATE_PENDING);
         self.claimed();
         Ok(Reservation {
@@ -194,7 +200,7 @@ impl SegmentWriter {
             body_at: RECORD_HEADER_LEN + name.len(),
             len,
             filled: 0,
-            crc,
+            salt: self.active.salt,
             done: false,
         })
     }
@@ -280,17 +286,22 @@ impl SegmentWriter {
     }
 
     /// Commits the record whose name and body are already at the front of the tail: header,
-    /// CRC over the bytes in place (still hot in cache), then the state word, then the cursor.
+    /// checksum over the bytes in place (still hot in cache), the end mark past the record, then
+    /// the state word, then the cursor.
     fn commit_front(&mut self, meta: RecordMeta, shape: RecordShape) {
-        let mut header =
-            RecordHeader::new(meta, self.active.tag, shape.name_len, shape.payload_len);
-        let buf = self.active.tail.bytes_mut();
+        let active = &mut self.active;
+        let mut header = RecordHeader::new(meta, active.tag, shape.name_len, shape.payload_len);
+        let buf = active.tail.bytes_mut();
         buf[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
-        header.crc =
-            record_crc(&buf[RECORD_CRC_START..RECORD_HEADER_LEN + shape.payload_len as usize]);
+        header.crc = record_checksum(
+            active.salt,
+            &buf[RECORD_CRC_START..RECORD_HEADER_LEN + shape.payload_len as usize],
+        );
         buf[8..12].copy_from_slice(&header.crc.to_le_bytes());
-        self.active.tail.publish_u32(0, STATE_COMMITTED);
-        self.active.tail.advance(shape.record_len);
+        let end = (shape.record_len + END_MARK_LEN).min(buf.len());
+        buf[shape.record_len..end].fill(0);
+        active.tail.publish_u32(0, STATE_COMMITTED);
+        active.tail.advance(shape.record_len);
         self.claimed();
     }
 
@@ -367,20 +378,28 @@ fn take_into_use(
         mut region,
         prefaulted,
     } = prepared;
+    let mut salt = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| std::io::Error::other("no randomness for a segment salt"))?;
     let seq = shared.workers[usize::from(worker)]
         .next_seq
         .fetch_add(1, Ordering::Relaxed);
     let header = SegmentHeader {
+        version: FORMAT_VERSION,
         worker,
         seq,
         created_unix_ns: unix_ns(),
         capacity: shared.capacity as u64,
         sealed_len: 0,
         flags: 0,
+        salt: u64::from_le_bytes(salt),
     };
     let mut head = region.split_to(SEGMENT_HEADER_LEN);
     head.bytes_mut().copy_from_slice(&header.encode());
     drop(head);
+    // A reused file holds stale bytes here; the first record goes where readers see an end.
+    zero_end_mark(&mut region);
     // The header is in the page cache before the name appears: a segment file never lacks it.
     let path = shared
         .segments_dir
@@ -404,9 +423,18 @@ fn take_into_use(
             commands: shared.commands.clone(),
         }),
         tag: header.tag(),
+        salt: header.salt,
         first_record_at: None,
         prefault_to: prefaulted,
     })
+}
+
+/// Zeroes the bytes at the front of `tail` (the cursor) that readers take for the next state and
+/// length words, so they see a clean end there even in a reused file.
+fn zero_end_mark(tail: &mut Region) {
+    let bytes = tail.bytes_mut();
+    let n = END_MARK_LEN.min(bytes.len());
+    bytes[..n].fill(0);
 }
 
 fn unix_ns() -> u64 {
@@ -425,8 +453,8 @@ pub struct Reservation {
     body_at: usize,
     len: usize,
     filled: usize,
-    /// CRC of everything covered so far: header fields, name, filled body.
-    crc: u32,
+    /// The segment's salt, for the checksum computed at commit.
+    salt: u64,
     done: bool,
 }
 
@@ -449,12 +477,10 @@ impl Reservation {
         &mut self.region.bytes_mut()[start..self.body_at + self.len]
     }
 
-    /// Marks `n` more bytes filled and folds them into the CRC while they are hot in cache.
-    /// Panics if `n` exceeds what is unfilled (the caller's accounting bug).
+    /// Marks `n` more bytes filled. Panics if `n` exceeds what is unfilled (the caller's
+    /// accounting bug).
     pub fn advance(&mut self, n: usize) {
         assert!(n <= self.len - self.filled, "advanced past the reservation");
-        let start = self.body_at + self.filled;
-        self.crc = crc32c::crc32c_append(self.crc, &self.region.bytes_mut()[start..start + n]);
         self.filled += n;
     }
 
@@ -471,7 +497,12 @@ impl Reservation {
             log::error!("incomplete reservation committed; abandoned instead");
             return;
         }
-        self.region.bytes_mut()[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        // One pass over the whole record at the end: XXH3 is fastest on long inputs, and a body
+        // filled across turns is still in cache (a 64 KiB body fits L2 many times over).
+        let bytes = self.region.bytes_mut();
+        let checksum =
+            record_checksum(self.salt, &bytes[RECORD_CRC_START..self.body_at + self.len]);
+        bytes[8..12].copy_from_slice(&checksum.to_le_bytes());
         self.region.publish_u32(0, STATE_COMMITTED);
         self.done = true;
     }
