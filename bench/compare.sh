@@ -71,7 +71,6 @@ fi
 # --- clean-up: every started process by its pid --------------------------------------------
 TMP=$(mktemp -d /tmp/replay-compare.XXXXXX)
 PIDS=()
-PRUNER=""
 stop_pid() {
   local pid=$1
   kill -TERM "$pid" 2>/dev/null || return 0
@@ -85,7 +84,6 @@ stop_pid() {
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  [ -n "$PRUNER" ] && stop_pid "$PRUNER"
   if [ -n "$KEEP" ]; then
     mkdir -p "$KEEP" && cp -r "$TMP"/results.tsv "$TMP"/logs "$KEEP"/ 2>/dev/null || true
   fi
@@ -130,28 +128,19 @@ wait_port() {
   return 1
 }
 
-# Rolled segments are deleted while replay-ingest runs (sealed or not: the service works through
-# its open handles), like ref-go's -rotate 512MB truncation, so a 64 KiB run cannot fill the disk.
-prune_segments() {
-  local dir=$1
-  while sleep 1; do
-    ls -1 "$dir" 2>/dev/null | grep -E '^w[0-9]+-[0-9a-f]+\.seg$' | sort | awk -F- '
-      { if ($1 == last) print prev; last = $1; prev = $0 }' | while read -r f; do rm -f "$dir/$f"; done
-  done
-}
-
 start_target() {
   local target=$1 round=$2
   case "$target" in
     ingest)
       local data=$TMP/ingest-data-$round
+      # A retention limit like ref-go's -rotate 512MB, so that a 64 KiB run cannot fill the disk;
+      # the node reuses the files it retires.
       TOKEN_SECRET=$SECRET "$INGEST_BIN" serve --listen "127.0.0.1:$PORT_INGEST" --data-dir "$data" \
-        >"$TMP/logs/ingest-$round.log" 2>&1 &
+        --retain-bytes $((512 << 20)) >"$TMP/logs/ingest-$round.log" 2>&1 &
       SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_INGEST
       wait_port "$PORT"
       for _ in $(seq 1 50); do [ -s "$data/demo-project-key" ] && break; sleep 0.1; done
       PROJECT_KEY=$(cat "$data/demo-project-key"); MIX_TOKEN_ARGS=()
-      prune_segments "$data/segments" & PRUNER=$!
       ;;
     nginx)
       local dir=$TMP/nginx-$round
@@ -180,7 +169,6 @@ start_target() {
 }
 
 stop_target() {
-  [ -n "$PRUNER" ] && { stop_pid "$PRUNER"; PRUNER=""; }
   stop_pid "$SERVER_PID"
   local keep=() pid
   for pid in "${PIDS[@]}"; do [ "$pid" != "$SERVER_PID" ] && keep+=("$pid"); done
