@@ -171,8 +171,24 @@ fn start_answer_json(c: &mut Criterion) {
     });
 }
 
+/// User-agent parsing, done once per web start: the mix's agents (a desktop Chrome, an iPhone
+/// Safari, an Android Chrome).
+fn useragent_parse(c: &mut Criterion) {
+    let parser = replay_ingest::useragent::UserAgentParser::new();
+    let mut g = c.benchmark_group("useragent_parse");
+    for (name, ua) in [
+        ("chrome_linux", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+        ("safari_iphone", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"),
+        ("chrome_android", "Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36"),
+    ] {
+        g.bench_function(name, |b| b.iter(|| parser.parse(black_box(ua))));
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    useragent_parse,
     head_parse,
     token_verify,
     batch_walk,
