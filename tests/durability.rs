@@ -254,3 +254,52 @@ fn a_second_signal_exits_at_once() {
     let status = wait_timeout(&mut node.child, Duration::from_secs(3)).expect("exits at once");
     assert_eq!(status.code(), Some(130));
 }
+
+/// `--retain-bytes`: the node keeps about that many bytes of sealed segments, retires the
+/// oldest into `segments/spare/` and writes its next segments into those files; the newest
+/// batches stay readable.
+#[test]
+fn retention_retires_old_segments_and_reuses_their_files() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::builder()
+        .dir(data.path())
+        .arg("--segment-size")
+        .arg("4194304")
+        .env("FILE_SIZE_LIMIT", "1000000")
+        .arg("--retain-bytes")
+        .arg("8388608")
+        .workers(1)
+        .start();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let sid = Node::session_id(&s);
+    // ~36 MB through 4 MiB segments: about nine rolls, most of them into reused files.
+    let batches = numbered_batches(40, 900_000);
+    post_batches(&node, &token, &batches);
+    // Stop first: the service retires and seals while it runs.
+    let dir = data.path();
+    let raw = node.cat(sid, None);
+    assert!(node.stop().success());
+    let sealed: u64 = segment_files(dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(sealed <= 8 << 20, "{sealed} bytes kept");
+    let spare = std::fs::read_dir(dir.join("segments").join("spare"))
+        .unwrap()
+        .count();
+    assert!(spare <= 3, "spare files kept: {spare}");
+    // The newest batches are all there, in order; the oldest are gone.
+    assert!(raw.ends_with(&batches[30..].concat()));
+    assert!(!raw.windows(64).any(|w| w == [b'a'; 64]), "batch 0 retired");
+    let log = std::fs::read_to_string(stderr_path(dir)).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("segment files:"))
+        .expect("the service's summary line");
+    let count = |word: &str| -> u64 {
+        let before = line.split(&format!(" {word}")).next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("reused") >= 5 && count("retired") >= 5, "{line}");
+}

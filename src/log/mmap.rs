@@ -186,6 +186,28 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Whether `file` is open nowhere else: no other descriptor or mapping of it, in any process.
+/// Takes a write lease and drops it at once; the kernel grants one only then. `Ok(false)` too
+/// when it cannot tell: a file of another user, a file system without leases.
+pub fn is_sole_opener(file: &File) -> io::Result<bool> {
+    // SAFETY: plain syscalls on a descriptor `file` owns for the duration of the calls.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+    if rc == 0 {
+        // SAFETY: as above.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        return if rc == 0 {
+            Ok(true)
+        } else {
+            Err(io::Error::last_os_error())
+        };
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES | libc::EPERM | libc::EINVAL | libc::ENOLCK) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Unmaps a segment if `map` is the last handle to it, so its file may be truncated next.
 /// Gives the handle back otherwise.
 pub fn unmap_if_last(map: Arc<SegmentMap>) -> Result<(), Arc<SegmentMap>> {

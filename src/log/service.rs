@@ -163,8 +163,10 @@ impl Shared {
         self.segments_dir.join(format::SPARE_DIR)
     }
 
-    /// Renames the newest file in `spare/` to `prep_path` and opens it; deletes spares beyond
-    /// what is kept. `None` when there is none (another thread may have raced us to each).
+    /// Renames the newest file in `spare/` that nobody else has open to `prep_path` and opens
+    /// it; deletes spares beyond what is kept. `None` when there is none (another thread may
+    /// have raced us to each). A file still open elsewhere (being copied in, or read by a
+    /// shipper) is left where it is: writing it as a segment would mix the two.
     fn take_spare(&self, prep_path: &Path) -> io::Result<Option<File>> {
         let mut spares = match list_spares(&self.spare_dir()) {
             Ok(spares) => spares,
@@ -181,14 +183,17 @@ impl Shared {
             }
         }
         for spare in spares {
+            let file = match OpenOptions::new().read(true).write(true).open(&spare) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if !mmap::is_sole_opener(&file)? {
+                log::debug!("{}: open elsewhere, not reused yet", spare.display());
+                continue;
+            }
             match std::fs::rename(&spare, prep_path) {
-                Ok(()) => {
-                    return OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(prep_path)
-                        .map(Some)
-                }
+                Ok(()) => return Ok(Some(file)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }

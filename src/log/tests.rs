@@ -906,3 +906,32 @@ fn retention_keeps_the_newest_sealed_segments() {
     assert!(!left.is_empty() && left.len() < got.len());
     assert_eq!(left[..], want[want.len() - left.len()..]);
 }
+
+/// A spare that is still open elsewhere (a copy in progress, a shipper reading it) is not
+/// taken: writing segments into it would mix the two. Once closed, it is.
+#[test]
+fn spares_open_elsewhere_are_left_alone() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let shared = std::sync::Arc::clone(&service.shared);
+    wait_until("the first segment prepared", || {
+        shared.created.load(Relaxed) == 1
+    });
+    let spare = dir.path().join(SEGMENTS_DIR).join("spare").join("copying");
+    let held = std::fs::File::create(&spare).unwrap();
+    let busy = shared.prepare(0, false).unwrap();
+    assert_eq!(
+        (shared.reused.load(Relaxed), shared.created.load(Relaxed)),
+        (0, 2)
+    );
+    assert!(spare.exists(), "left in spare/");
+    drop(held);
+    let reused = shared.prepare(0, false).unwrap();
+    assert_eq!(shared.reused.load(Relaxed), 1);
+    assert!(!spare.exists());
+    for p in [busy, reused] {
+        std::fs::remove_file(&p.prep_path).unwrap();
+    }
+    service.shutdown();
+}
