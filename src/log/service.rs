@@ -17,8 +17,9 @@
 //! `format` on salts and end marks. The service keeps at most [`SPARES_KEPT`] per worker and
 //! deletes the oldest beyond that; a rolled segment that holds no record goes there too.
 //!
-//! Only a sealed segment whose file is cut to its sealed length may be moved there: before
-//! that, the service still holds it. With `retain_bytes` set, the service itself retires the
+//! A file is taken only when nothing else has it open (a write lease; see `mmap`): a segment
+//! moved there too early (its writer or the service still holding it) or one still being copied
+//! in waits until it is let go. With `retain_bytes` set, the service itself retires the
 //! oldest sealed segments once they add up to more than that (a retention limit, as a queue
 //! has; until segments are forwarded, what it retires is gone).
 //!
