@@ -189,7 +189,7 @@ impl SegmentWriter {
         let bytes = region.bytes_mut();
         bytes[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
         bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + name.len()].copy_from_slice(name);
-        zero_end_mark(&mut self.active.tail);
+        zero_end_mark(self.active.tail.bytes_mut());
         // Lengths and the end mark past the record first, then PENDING: a scanner that sees
         // PENDING can step over the record and finds a clean end behind it.
         region.publish_u32(0, STATE_PENDING);
@@ -298,8 +298,7 @@ impl SegmentWriter {
             &buf[RECORD_CRC_START..RECORD_HEADER_LEN + shape.payload_len as usize],
         );
         buf[8..12].copy_from_slice(&header.crc.to_le_bytes());
-        let end = (shape.record_len + END_MARK_LEN).min(buf.len());
-        buf[shape.record_len..end].fill(0);
+        zero_end_mark(&mut buf[shape.record_len..]);
         active.tail.publish_u32(0, STATE_COMMITTED);
         active.tail.advance(shape.record_len);
         self.claimed();
@@ -399,7 +398,7 @@ fn take_into_use(
     head.bytes_mut().copy_from_slice(&header.encode());
     drop(head);
     // A reused file holds stale bytes here; the first record goes where readers see an end.
-    zero_end_mark(&mut region);
+    zero_end_mark(region.bytes_mut());
     // The header is in the page cache before the name appears: a segment file never lacks it.
     let path = shared
         .segments_dir
@@ -429,12 +428,11 @@ fn take_into_use(
     })
 }
 
-/// Zeroes the bytes at the front of `tail` (the cursor) that readers take for the next state and
-/// length words, so they see a clean end there even in a reused file.
-fn zero_end_mark(tail: &mut Region) {
-    let bytes = tail.bytes_mut();
-    let n = END_MARK_LEN.min(bytes.len());
-    bytes[..n].fill(0);
+/// Zeroes the first bytes of `tail` (what starts at the cursor), which readers take for the next
+/// state and length words, so that they see a clean end there even in a reused file.
+fn zero_end_mark(tail: &mut [u8]) {
+    let n = END_MARK_LEN.min(tail.len());
+    tail[..n].fill(0);
 }
 
 fn unix_ns() -> u64 {
