@@ -424,7 +424,8 @@ mod tests {
     #[test]
     fn flag_beats_file_beats_default() {
         let file: FileConfig = toml::from_str(
-            "workers = 3\njson_size_limit = 2000\nhttp_timeout = \"5s\"\nuse_cors = false",
+            "workers = 3\njson_size_limit = 2000\nhttp_timeout = \"5s\"\nuse_cors = false\n\
+             retain_bytes = 1073741824",
         )
         .unwrap();
         let args = ServeArgs {
@@ -438,6 +439,13 @@ mod tests {
         assert!(!c.use_cors);
         assert_eq!(c.beacon_size_limit, 1_000_000);
         assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.log_config().retain_bytes, Some(1 << 30));
+        assert_eq!(
+            Config::merge(&args, FileConfig::default())
+                .unwrap()
+                .retain_bytes,
+            None
+        );
     }
 
     #[test]
