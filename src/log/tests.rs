@@ -782,6 +782,19 @@ fn rolls_take_prepared_segments_and_stall_only_without_one() {
     assert_eq!(seqs, [0, 1, 2, 4]);
 }
 
+/// A first life for the reuse tests: `n` records of 6,000 bytes (sessions 1000 on) in sealed
+/// segments of one worker.
+fn write_first_life(dir: &Path, n: u64) {
+    let service = SegmentService::start(config(dir), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..n {
+        let m = meta(1000 + i, i, RecordKind::WebBatch);
+        w.append(m, b"", &[&body(i, 6000)]).unwrap();
+    }
+    w.close().unwrap();
+    service.shutdown();
+}
+
 /// Retired segments moved into `spare/` are reused as new segments: their stale records never
 /// come back, not through a reader, not after a crash, and the spare pool stays bounded.
 #[test]
@@ -789,18 +802,7 @@ fn spare_files_are_reused_and_their_stale_records_never_return() {
     let dir = tempfile::tempdir().unwrap();
     let spare_dir = dir.path().join(SEGMENTS_DIR).join("spare");
     // A first life: full segments of records with sessions 1000.., then retired.
-    let service = SegmentService::start(config(dir.path()), 1).unwrap();
-    let mut w = service.writer(0).unwrap();
-    for i in 0..40u64 {
-        w.append(
-            meta(1000 + i, i, RecordKind::WebBatch),
-            b"",
-            &[&body(i, 6000)],
-        )
-        .unwrap();
-    }
-    w.close().unwrap();
-    service.shutdown();
+    write_first_life(dir.path(), 40);
     let retired = segment_files(dir.path());
     assert!(retired.len() >= 3, "{retired:?}");
     for (name, path) in &retired {
@@ -943,18 +945,7 @@ fn spares_open_elsewhere_are_left_alone() {
 fn a_crash_inside_a_reused_file_ends_cleanly_at_the_end_mark() {
     let dir = tempfile::tempdir().unwrap();
     let spare_dir = dir.path().join(SEGMENTS_DIR).join("spare");
-    let service = SegmentService::start(config(dir.path()), 1).unwrap();
-    let mut w = service.writer(0).unwrap();
-    for i in 0..8u64 {
-        w.append(
-            meta(1000 + i, i, RecordKind::WebBatch),
-            b"",
-            &[&body(i, 6000)],
-        )
-        .unwrap();
-    }
-    w.close().unwrap();
-    service.shutdown();
+    write_first_life(dir.path(), 8);
     // Exactly one spare: the segment just written (the unused prepared file is dropped).
     for e in std::fs::read_dir(&spare_dir).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
