@@ -17,6 +17,7 @@
 //! `unsafe`; `scan` classifies a segment's records (shared by recovery and readers); `writer`
 //! is the hot path; `service` the background thread; `recovery` and `reader` the rest.
 
+pub mod consumer;
 pub mod format;
 #[allow(unsafe_code)]
 mod mmap;
@@ -32,11 +33,14 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use consumer::{
+    Consumer, ConsumerRegistry, Cursor, Lag, LogRecord, Position, SealedSegment, SegmentEvent,
+};
 pub use format::{HeaderError, SegmentHeader, SegmentName};
 pub use reader::{read_records, StoredRecord};
 pub use recovery::{recover, RecoverySummary};
 pub use scan::{scan_segment, RecordClass, ScannedRecord, SegmentScan};
-pub use service::SegmentService;
+pub use service::{SegmentCounts, SegmentService};
 pub use writer::{Reservation, SegmentWriter};
 
 /// What a record holds; decides where downstream consumers read it from.
@@ -120,8 +124,9 @@ pub struct LogConfig {
     pub segment_max_age: Duration,
     /// How far ahead of a writer's cursor pages are pre-faulted; 0 turns pre-faulting off.
     pub prefault_window: usize,
-    /// Sealed segments kept, in bytes: beyond it the oldest are retired (reused as spare files
-    /// or deleted). `None` keeps every segment.
+    /// Sealed segments kept, in bytes: beyond it the oldest are forced out (reused as spare
+    /// files or deleted) even before every consumer read them. `None`: no such limit; segments
+    /// go once every consumer is past them.
     pub retain_bytes: Option<u64>,
 }
 

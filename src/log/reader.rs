@@ -38,14 +38,15 @@ pub fn read_records(dir: &Path) -> Result<Vec<StoredRecord>, LogError> {
         let entry = entry?;
         let file_name = entry.file_name();
         if let Some(name) = file_name.to_str().and_then(SegmentName::parse) {
-            read_segment(&entry.path(), name, &mut records)?;
+            read_segment_file(&entry.path(), name, &mut records)?;
         }
     }
     records.sort_by_key(|r| (r.meta.arrival_unix_ns, r.worker, r.segment_seq, r.offset));
     Ok(records)
 }
 
-fn read_segment(
+/// Appends the valid records of one segment file to `out` (nothing if it vanished).
+pub(crate) fn read_segment_file(
     path: &Path,
     name: SegmentName,
     out: &mut Vec<StoredRecord>,

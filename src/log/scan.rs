@@ -145,7 +145,7 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, LogError> {
 }
 
 /// The length a record header claims, if the header can be trusted to step over it.
-fn trusted_len(rec: &RecordHeader, tag: u32) -> Option<usize> {
+pub(crate) fn trusted_len(rec: &RecordHeader, tag: u32) -> Option<usize> {
     let known_state = matches!(rec.state, STATE_COMMITTED | STATE_PENDING | STATE_ABANDONED);
     let trusted = known_state
         && rec.payload_len == !rec.payload_len_inv

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::log::consumer::ConsumerRegistry;
 use crate::log::format::{self, SegmentHeader, SegmentName, SEGMENT_HEADER_LEN};
 use crate::log::mmap::{self, Region, SegmentMap};
 use crate::log::recovery::{self, RecoverySummary};
@@ -53,6 +54,9 @@ const COMMAND_QUEUE: usize = 1024;
 const DEFERRED_SEAL_RETRY: Duration = Duration::from_millis(20);
 /// Spare files kept per worker (see the module doc); older ones are deleted.
 pub const SPARES_KEPT: usize = 2;
+/// How often sealed segments are checked against the consumers' saved cursors: cursors are
+/// saved about once a second, so a quarter of that retires a consumed segment promptly.
+const RETIRE_CHECK: Duration = Duration::from_millis(250);
 
 pub(crate) enum Command {
     Prepare {
@@ -100,9 +104,12 @@ pub(crate) struct Shared {
     /// Segment files reused from `spare/`, and new ones created.
     pub reused: AtomicU64,
     pub created: AtomicU64,
-    /// Sealed segments retired by the retention limit.
+    /// Sealed segments retired once every consumer was past them.
     pub retired: AtomicU64,
+    /// Sealed segments some consumer had not read, forced out by the retention limit.
+    pub forced_out: AtomicU64,
     retain_bytes: Option<u64>,
+    pub consumers: Arc<ConsumerRegistry>,
 }
 
 pub(crate) struct WorkerSlot {
@@ -239,10 +246,8 @@ impl SegmentService {
         let lock = recovery::lock_dir(&segments_dir)?;
         let summary = recovery::recover_locked(&segments_dir)?;
         let next_seqs = next_seqs(&segments_dir)?;
-        let retained = match cfg.retain_bytes {
-            Some(_) => Retained::scan(&segments_dir)?,
-            None => Retained::default(),
-        };
+        let retained = Retained::scan(&segments_dir)?;
+        let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir)?;
 
         let (commands, command_rx) = bounded(COMMAND_QUEUE);
         let workers = (0..workers)
@@ -267,7 +272,9 @@ impl SegmentService {
             reused: AtomicU64::new(0),
             created: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            forced_out: AtomicU64::new(0),
             retain_bytes: cfg.retain_bytes,
+            consumers,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -290,6 +297,23 @@ impl SegmentService {
     /// What start-up recovery found.
     pub fn recovery(&self) -> &RecoverySummary {
         &self.recovery
+    }
+
+    /// The log's consumers: register each before traffic flows, so retention waits for it.
+    pub fn consumers(&self) -> &Arc<ConsumerRegistry> {
+        &self.shared.consumers
+    }
+
+    /// Segment files created new, reused from `spare/`, retired after every consumer passed
+    /// them, and forced out unconsumed by the retention limit.
+    pub fn segment_counts(&self) -> SegmentCounts {
+        let s = &self.shared;
+        SegmentCounts {
+            created: s.created.load(Ordering::Relaxed),
+            reused: s.reused.load(Ordering::Relaxed),
+            retired: s.retired.load(Ordering::Relaxed),
+            forced_out: s.forced_out.load(Ordering::Relaxed),
+        }
     }
 
     /// Called on the worker's own thread (the writer is `!Send`). One writer per worker at a time.
@@ -331,6 +355,14 @@ impl Drop for SegmentService {
     }
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentCounts {
+    pub created: u64,
+    pub reused: u64,
+    pub retired: u64,
+    pub forced_out: u64,
+}
+
 /// Next sequence per worker: one past the highest segment name present (set-aside `.bad` ones
 /// included, so a sequence is never reused beside its damaged namesake).
 fn next_seqs(segments_dir: &Path) -> io::Result<HashMap<u16, u64>> {
@@ -353,10 +385,12 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
     // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
     let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
     loop {
-        let timeout = if deferred.is_empty() {
-            Duration::from_secs(3600)
-        } else {
+        let timeout = if !deferred.is_empty() {
             DEFERRED_SEAL_RETRY
+        } else if !retained.segments.is_empty() {
+            RETIRE_CHECK
+        } else {
+            Duration::from_secs(3600)
         };
         let command = match commands.recv_timeout(timeout) {
             Ok(command) => Some(command),
@@ -403,6 +437,7 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
                 deferred.insert(path, job);
             }
         }
+        retained.enforce(shared);
     }
     for (_, job) in deferred {
         // Someone still maps it: seal the header, leave the length (readers honour sealed_len).
@@ -427,18 +462,20 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
         }
     }
     log::info!(
-        "segment files: {} created, {} reused from {}/, {} retired",
+        "segment files: {} created, {} reused from {}/, {} retired, {} forced out unconsumed",
         shared.created.load(Ordering::Relaxed),
         shared.reused.load(Ordering::Relaxed),
         format::SPARE_DIR,
         shared.retired.load(Ordering::Relaxed),
+        shared.forced_out.load(Ordering::Relaxed),
     );
 }
 
-/// Sealed segments on disk, oldest first, for the retention limit (empty without one).
+/// Sealed segments on disk, oldest first: retired once every consumer is past them, or forced
+/// out by the retention limit.
 #[derive(Default)]
 struct Retained {
-    segments: VecDeque<(PathBuf, u64)>,
+    segments: VecDeque<(SegmentName, PathBuf, u64)>,
     bytes: u64,
 }
 
@@ -465,46 +502,66 @@ impl Retained {
         }
         found.sort_by_key(|(key, _, _)| *key);
         let bytes = found.iter().map(|(_, _, len)| len).sum();
-        let segments = found.into_iter().map(|(_, p, len)| (p, len)).collect();
+        let segments = found
+            .into_iter()
+            .map(|((_, name), p, len)| (name, p, len))
+            .collect();
         Ok(Retained { segments, bytes })
     }
 
-    fn push(&mut self, shared: &Shared, path: PathBuf, len: u64) {
-        if shared.retain_bytes.is_none() {
-            return;
-        }
-        self.segments.push_back((path, len));
+    fn push(&mut self, shared: &Shared, name: SegmentName, path: PathBuf, len: u64) {
+        self.segments.push_back((name, path, len));
         self.bytes += len;
         self.enforce(shared);
     }
 
-    /// Retires the oldest segments while more than the limit is kept: into `spare/` while it
-    /// holds fewer than it keeps, deleted otherwise.
+    /// Retires every segment all consumers have passed (saved cursors), then, while more than
+    /// the retention limit is kept, the oldest ones whatever the consumers say (loudly).
     fn enforce(&mut self, shared: &Shared) {
+        let before = self.segments.len();
+        let mut kept = VecDeque::with_capacity(before);
+        for (name, path, len) in std::mem::take(&mut self.segments) {
+            if shared.consumers.all_past(name) {
+                self.bytes -= len;
+                retire(shared, &path);
+                shared.retired.fetch_add(1, Ordering::Relaxed);
+            } else {
+                kept.push_back((name, path, len));
+            }
+        }
+        self.segments = kept;
         let Some(limit) = shared.retain_bytes else {
             return;
         };
         while self.bytes > limit {
-            let Some((path, len)) = self.segments.pop_front() else {
+            let Some((name, path, len)) = self.segments.pop_front() else {
                 break;
             };
             self.bytes -= len;
-            let spare_dir = shared.spare_dir();
-            let spares = std::fs::read_dir(&spare_dir).map_or(0, |d| d.count());
-            let result = if spares < SPARES_KEPT * shared.workers.len().max(1) {
-                std::fs::rename(&path, spare_dir.join(path.file_name().unwrap_or_default()))
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match result {
-                Ok(()) => {
-                    shared.retired.fetch_add(1, Ordering::Relaxed);
-                }
-                // Gone already: someone else retired it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => log::error!("retiring {}: {e}", path.display()),
-            }
+            log::error!(
+                "retention limit: {} forced out before every consumer read it",
+                name.file_name()
+            );
+            retire(shared, &path);
+            shared.forced_out.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Moves a sealed segment into `spare/` while it holds fewer than it keeps, deletes it otherwise.
+fn retire(shared: &Shared, path: &Path) {
+    let spare_dir = shared.spare_dir();
+    let spares = std::fs::read_dir(&spare_dir).map_or(0, |d| d.count());
+    let result = if spares < SPARES_KEPT * shared.workers.len().max(1) {
+        std::fs::rename(path, spare_dir.join(path.file_name().unwrap_or_default()))
+    } else {
+        std::fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => {}
+        // Gone already: someone else retired it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::error!("retiring {}: {e}", path.display()),
     }
 }
 
@@ -552,7 +609,14 @@ fn seal(shared: &Shared, job: SealJob, retained: &mut Retained) -> Option<SealJo
         write_sealed_header(&file, header, sealed_len).and_then(|()| file.set_len(sealed_len))
     };
     match result {
-        Ok(()) if sealed_len > SEGMENT_HEADER_LEN as u64 => retained.push(shared, path, sealed_len),
+        Ok(()) if sealed_len > SEGMENT_HEADER_LEN as u64 => {
+            let name = SegmentName {
+                worker: header.worker,
+                seq: header.seq,
+            };
+            retained.push(shared, name, path, sealed_len);
+            shared.consumers.sealed(name);
+        }
         Ok(()) => {}
         Err(e) => log::error!("sealing {}: {e}", path.display()),
     }

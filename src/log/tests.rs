@@ -879,7 +879,9 @@ fn retention_keeps_the_newest_sealed_segments() {
     w.close().unwrap();
     let retired = std::sync::Arc::clone(&service.shared);
     service.shutdown();
-    let retired = retired.retired.load(std::sync::atomic::Ordering::Relaxed);
+    let retired = retired
+        .forced_out
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     let kept: u64 = segment_files(dir.path())
         .iter()
@@ -902,7 +904,7 @@ fn retention_keeps_the_newest_sealed_segments() {
     let service = SegmentService::start(cfg, 1).unwrap();
     let shared = std::sync::Arc::clone(&service.shared);
     wait_until("retirement at start-up", || {
-        shared.retired.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        shared.forced_out.load(std::sync::atomic::Ordering::Relaxed) >= 2
     });
     service.shutdown();
     let left = contents(dir.path());
@@ -983,4 +985,197 @@ fn a_crash_inside_a_reused_file_ends_cleanly_at_the_end_mark() {
         "{summary:?}"
     );
     assert_eq!(contents(dir.path()), want);
+}
+
+type Contents = Vec<(RecordMeta, Vec<u8>, Vec<u8>)>;
+
+/// Reads everything `consumer` has now (waiting briefly for the first records).
+fn drain(consumer: &mut Consumer) -> (Contents, Cursor) {
+    let mut out = Vec::new();
+    let cursor = loop {
+        let before = out.len();
+        let cursor = consumer
+            .read(&mut out, 16, 1 << 20, Duration::from_millis(20))
+            .unwrap();
+        if out.len() == before {
+            break cursor;
+        }
+    };
+    let records = out
+        .into_iter()
+        .map(|r| (r.meta, r.name, r.body.to_vec()))
+        .collect();
+    (records, cursor)
+}
+
+/// A consumer reads the open segments as they are written and the sealed ones, merged in
+/// arrival order across workers; after a restart it resumes from its saved cursor.
+#[test]
+fn a_consumer_reads_live_records_in_order_and_resumes_from_its_saved_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    let mut consumer = service.consumers().register("test").unwrap();
+    assert!(
+        service.consumers().register("test").is_err(),
+        "one per name"
+    );
+    let mut writers = [service.writer(0).unwrap(), service.writer(1).unwrap()];
+    let mut want = Vec::new();
+    for i in 0..60u64 {
+        let m = meta(i, 1000 + i, RecordKind::WebBatch);
+        let b = body(i, 3000);
+        writers[(i % 3 % 2) as usize].append(m, b"", &[&b]).unwrap();
+        want.push((m, vec![], b));
+        if i == 30 {
+            writers[0].roll().unwrap();
+        }
+    }
+    let (got, cursor) = drain(&mut consumer);
+    assert_eq!(got, want, "live and sealed, in arrival order");
+    consumer.commit(&cursor);
+    consumer.save().unwrap();
+
+    // Read but not committed: these come again after the restart.
+    for i in 60..70u64 {
+        let m = meta(i, 1000 + i, RecordKind::WebAssetsBatch);
+        let b = body(i, 100);
+        writers[(i % 2) as usize].append(m, b"", &[&b]).unwrap();
+        want.push((m, vec![], b));
+    }
+    let (again, _) = drain(&mut consumer);
+    assert_eq!(again, want[60..]);
+    for w in writers {
+        w.close().unwrap();
+    }
+    drop(consumer);
+    service.shutdown();
+
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    let mut consumer = service.consumers().register("test").unwrap();
+    let (resumed, _) = drain(&mut consumer);
+    assert_eq!(resumed, want[60..], "resumes at the saved cursor");
+    service.shutdown();
+}
+
+/// A reader waiting for records is woken by the writer's end of turn, not by polling.
+#[test]
+fn a_waiting_consumer_wakes_when_a_record_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut consumer = service.consumers().register("waiter").unwrap();
+    let mut w = service.writer(0).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let started = Instant::now();
+        consumer
+            .read(&mut out, 10, 1 << 20, Duration::from_secs(30))
+            .unwrap();
+        (out.len(), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    w.append(meta(1, 1, RecordKind::WebBatch), b"", &[b"x"])
+        .unwrap();
+    w.end_turn();
+    let (n, waited) = reader.join().unwrap();
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(30), "woken, not timed out");
+    w.close().unwrap();
+    service.shutdown();
+}
+
+/// A record still being received holds back its own worker's stream (order), never another's.
+#[test]
+fn a_pending_record_holds_back_only_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    let mut consumer = service.consumers().register("c").unwrap();
+    let mut w0 = service.writer(0).unwrap();
+    let mut w1 = service.writer(1).unwrap();
+    let mut pending = w0
+        .reserve(meta(1, 1, RecordKind::WebBatch), b"", 4)
+        .unwrap();
+    w0.append(meta(2, 2, RecordKind::WebBatch), b"", &[b"after"])
+        .unwrap();
+    w1.append(meta(3, 3, RecordKind::WebBatch), b"", &[b"other"])
+        .unwrap();
+    let (got, _) = drain(&mut consumer);
+    assert_eq!(got.iter().map(|r| r.0.session_id).collect::<Vec<_>>(), [3]);
+    pending.unfilled().copy_from_slice(b"body");
+    pending.advance(4);
+    pending.commit();
+    let (got, _) = drain(&mut consumer);
+    assert_eq!(
+        got.iter().map(|r| r.0.session_id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    w0.close().unwrap();
+    w1.close().unwrap();
+    service.shutdown();
+}
+
+/// Sealed segments are retired into `spare/` only once every consumer saved a cursor past them.
+#[test]
+fn retention_waits_for_every_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut fast = service.consumers().register("fast").unwrap();
+    let mut slow = service.consumers().register("slow").unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..30u64 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[&body(i, 6000)])
+            .unwrap();
+    }
+    w.roll().unwrap();
+    let sealed = |dir: &Path| {
+        segment_files(dir)
+            .into_iter()
+            .filter(|(_, p)| header_of(p).is_sealed())
+            .count()
+    };
+    wait_until("seals", || sealed(dir.path()) >= 3);
+    let (_, cursor) = drain(&mut fast);
+    fast.commit(&cursor);
+    fast.save().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(sealed(dir.path()) >= 3, "the slow consumer holds them back");
+    let (_, cursor) = drain(&mut slow);
+    slow.commit(&cursor);
+    slow.save().unwrap();
+    wait_until("retirement", || sealed(dir.path()) == 0);
+    assert_eq!(service.segment_counts().forced_out, 0);
+    assert!(service.segment_counts().retired >= 3);
+    w.close().unwrap();
+    service.shutdown();
+}
+
+/// A segment-level consumer gets each sealed segment whole, oldest first, never an open one.
+#[test]
+fn next_sealed_hands_out_whole_sealed_segments_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut c = service.consumers().register("compactor").unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..5u64 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[&body(i, 100)])
+            .unwrap();
+        w.roll().unwrap();
+    }
+    w.append(meta(9, 9, RecordKind::WebBatch), b"", &[b"open"])
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 5 && Instant::now() < deadline {
+        match c.next_sealed().unwrap() {
+            Some(seg) => {
+                assert_eq!(seg.records.len(), 1);
+                seen.push(seg.records[0].meta.session_id);
+                c.commit(&seg.cursor);
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+    assert!(c.next_sealed().unwrap().is_none(), "the open segment waits");
+    w.close().unwrap();
+    service.shutdown();
 }

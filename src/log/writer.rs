@@ -10,6 +10,7 @@
 //! itself was prepared by the service); finding nothing prepared costs a synchronous create,
 //! counted in [`SegmentWriter::stalls`].
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct SegmentWriter {
     /// A prepared segment was asked of the service and has not been received yet.
     prepare_requested: bool,
     stalls: u64,
+    /// Set when a record is committed (here or by a reservation), cleared by `end_turn`.
+    committed: Rc<Cell<bool>>,
 }
 
 /// The segment the writer appends to.
@@ -65,7 +68,7 @@ impl Drop for ActiveSegment {
 /// to the service for sealing.
 struct SegmentLease {
     job: Option<SealJob>,
-    sealed_len: std::cell::Cell<u64>,
+    sealed_len: Cell<u64>,
     commands: crossbeam_channel::Sender<Command>,
 }
 
@@ -102,6 +105,7 @@ impl SegmentWriter {
             active,
             prepare_requested: false,
             stalls: 0,
+            committed: Rc::new(Cell::new(false)),
         };
         writer.request_prepare();
         Ok(writer)
@@ -110,6 +114,14 @@ impl SegmentWriter {
     /// Rolls that found no prepared segment and created one on this thread.
     pub fn stalls(&self) -> u64 {
         self.stalls
+    }
+
+    /// The worker calls this once per event-loop turn: if records were committed since the last
+    /// call, consumers waiting for new records are woken (once for the whole turn).
+    pub fn end_turn(&mut self) {
+        if self.committed.replace(false) {
+            self.shared.consumers.wake();
+        }
     }
 
     /// Appends a complete record whose body is the concatenation of `parts`. Rolls first if it
@@ -202,6 +214,7 @@ impl SegmentWriter {
             filled: 0,
             salt: self.active.salt,
             done: false,
+            committed: Rc::clone(&self.committed),
         })
     }
 
@@ -301,6 +314,7 @@ impl SegmentWriter {
         zero_end_mark(&mut buf[shape.record_len..]);
         active.tail.publish_u32(0, STATE_COMMITTED);
         active.tail.advance(shape.record_len);
+        self.committed.set(true);
         self.claimed();
     }
 
@@ -418,7 +432,7 @@ fn take_into_use(
                 header,
                 sealed_len: SEGMENT_HEADER_LEN as u64,
             }),
-            sealed_len: std::cell::Cell::new(SEGMENT_HEADER_LEN as u64),
+            sealed_len: Cell::new(SEGMENT_HEADER_LEN as u64),
             commands: shared.commands.clone(),
         }),
         tag: header.tag(),
@@ -454,6 +468,8 @@ pub struct Reservation {
     /// The segment's salt, for the checksum computed at commit.
     salt: u64,
     done: bool,
+    /// The writer's flag that wakes consumers at the end of the turn.
+    committed: Rc<Cell<bool>>,
 }
 
 impl Reservation {
@@ -503,6 +519,7 @@ impl Reservation {
         bytes[8..12].copy_from_slice(&checksum.to_le_bytes());
         self.region.publish_u32(0, STATE_COMMITTED);
         self.done = true;
+        self.committed.set(true);
     }
 }
 

@@ -112,6 +112,7 @@ impl Worker {
                     self.drive(key, now);
                 }
             }
+            self.log.end_turn();
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + SWEEP_INTERVAL;
