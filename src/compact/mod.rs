@@ -1,0 +1,10 @@
+//! Compaction: sealed segments become compressed, indexed files, one session at a time.
+//!
+//! In: the records of sealed segments, from the log's consumer API (the compactor thread). Out:
+//! compacted files in `<data_dir>/compacted/`, read back by the CLI (`cat`, `ls`, `export`).
+//! [`validate`] decides which records are set aside. Pure of threads: the compactor thread and
+//! the CLI's thread call it.
+
+pub mod validate;
+
+pub use validate::{check_record, Problem, Quarantine};
