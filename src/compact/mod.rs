@@ -2,9 +2,11 @@
 //!
 //! In: the records of sealed segments, from the log's consumer API (the compactor thread). Out:
 //! compacted files in `<data_dir>/compacted/`, read back by the CLI (`cat`, `ls`, `export`).
-//! [`validate`] decides which records are set aside. Pure of threads: the compactor thread and
-//! the CLI's thread call it.
+//! [`validate`] decides which records are set aside, [`order`] puts a session's records in
+//! their true order. Pure of threads: the compactor thread and the CLI's thread call them.
 
+pub mod order;
 pub mod validate;
 
+pub use order::{order_session, SessionRecord};
 pub use validate::{check_record, Problem, Quarantine};
