@@ -15,6 +15,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;
+pub mod compact;
 pub mod config;
 pub mod device;
 pub mod flake;
