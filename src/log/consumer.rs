@@ -57,7 +57,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -284,6 +284,9 @@ pub struct ConsumerRegistry {
     segments_dir: PathBuf,
     consumers: Mutex<Vec<Arc<ConsumerState>>>,
     seal_listeners: Mutex<Vec<Sender<SegmentEvent>>>,
+    /// Set once every consumer of the node is registered; retention waits for it, or it could
+    /// retire a segment that a consumer about to register has not read.
+    complete: AtomicBool,
     generation: AtomicU64,
     waiters: AtomicUsize,
     lock: Mutex<()>,
@@ -298,6 +301,7 @@ impl ConsumerRegistry {
             segments_dir: segments_dir.to_path_buf(),
             consumers: Mutex::new(Vec::new()),
             seal_listeners: Mutex::new(Vec::new()),
+            complete: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -344,9 +348,18 @@ impl ConsumerRegistry {
         self.consumers.lock().clone()
     }
 
-    /// Whether retention may retire `segment`: at least one consumer is registered and every
-    /// one of them has saved a cursor past it.
+    /// Says that every consumer is registered: from now on retention may retire segments that
+    /// all of them are past. Registering more later is allowed but they may find gaps.
+    pub fn registration_complete(&self) {
+        self.complete.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether retention may retire `segment`: registration is complete, at least one consumer
+    /// is registered, and every one of them has saved a cursor past it.
     pub fn all_past(&self, segment: SegmentName) -> bool {
+        if !self.complete.load(Ordering::SeqCst) {
+            return false;
+        }
         let consumers = self.consumers.lock();
         !consumers.is_empty() && consumers.iter().all(|c| c.saved.lock().0.is_past(segment))
     }
@@ -428,6 +441,14 @@ impl Consumer {
 
     pub fn set_save_interval(&mut self, interval: Duration) {
         self.save_interval = interval;
+    }
+
+    /// Whether `segment` is still in the log (not retired, not forced out).
+    pub fn segment_present(&self, segment: SegmentName) -> bool {
+        self.registry
+            .segments_dir
+            .join(segment.file_name())
+            .exists()
     }
 
     /// The cursor committed so far.
@@ -613,6 +634,13 @@ fn read_header(path: &Path) -> io::Result<Option<SegmentHeader>> {
     Ok(SegmentHeader::decode(&head).ok())
 }
 
+/// Whether the worker of `segment` has a newer segment (so `segment` was rolled).
+fn has_successor(segments_dir: &Path, segment: SegmentName) -> io::Result<bool> {
+    Ok(list_segments(segments_dir)?
+        .iter()
+        .any(|n| n.worker == segment.worker && n.seq > segment.seq))
+}
+
 /// One worker's records, read forward from a position.
 struct Stream {
     worker: u16,
@@ -632,12 +660,17 @@ struct OpenSegment {
     /// Bytes of the file from `buf_at` on.
     buf: Bytes,
     buf_at: u64,
+    /// A newer segment of this worker was seen: the next clean end is final.
+    rolled: bool,
 }
 
 /// What the next bytes of a segment hold.
 enum Next {
     Record(LogRecord, u64),
-    /// Nothing more yet (open segment).
+    /// At the end of what an open segment holds so far: more may come, unless the segment was
+    /// rolled (a newer one exists), for after a roll nothing is added behind the end mark.
+    End,
+    /// Nothing more yet: a record is still being received (open segment).
     Wait,
     /// The segment is sealed and read to its end.
     Done,
@@ -677,6 +710,14 @@ impl Stream {
                     self.head = Some(record);
                 }
                 Next::Wait => return Ok(None),
+                // A rolled segment is complete at its end mark even before it is sealed (a
+                // seal may wait for a slow upload's reservation that is already behind us).
+                // The roll renamed the newer file after the last record was committed, so
+                // once the newer file is seen, one more fresh read finds the final end.
+                Next::End if !open.rolled && has_successor(&registry.segments_dir, open.name)? => {
+                    open.rolled = true;
+                }
+                Next::End => return Ok(None),
                 Next::Done => {
                     self.pos = Position::after(open.name.seq);
                     self.open = None;
@@ -735,6 +776,7 @@ impl Stream {
             header,
             buf: Bytes::new(),
             buf_at: 0,
+            rolled: false,
         });
         Ok(true)
     }
@@ -853,7 +895,7 @@ impl OpenSegment {
             }
         }
         if !self.header.is_sealed() {
-            Some(Next::Wait)
+            Some(if self.rolled { Next::Done } else { Next::End })
         } else if offset < self.header.sealed_len {
             None
         } else {

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::log::consumer::ConsumerRegistry;
+use crate::log::consumer::{self, ConsumerRegistry};
 use crate::log::format::{self, SegmentHeader, SegmentName, SEGMENT_HEADER_LEN};
 use crate::log::mmap::{self, Region, SegmentMap};
 use crate::log::recovery::{self, RecoverySummary};
@@ -245,7 +245,7 @@ impl SegmentService {
         std::fs::create_dir_all(segments_dir.join(format::SPARE_DIR))?;
         let lock = recovery::lock_dir(&segments_dir)?;
         let summary = recovery::recover_locked(&segments_dir)?;
-        let next_seqs = next_seqs(&segments_dir)?;
+        let next_seqs = next_seqs(&segments_dir, &cfg.dir)?;
         let retained = Retained::scan(&segments_dir)?;
         let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir)?;
 
@@ -364,9 +364,25 @@ pub struct SegmentCounts {
 }
 
 /// Next sequence per worker: one past the highest segment name present (set-aside `.bad` ones
-/// included, so a sequence is never reused beside its damaged namesake).
-fn next_seqs(segments_dir: &Path) -> io::Result<HashMap<u16, u64>> {
+/// included, so a sequence is never reused beside its damaged namesake), and never behind any
+/// consumer's saved cursor: once every segment of a worker is retired, only the cursors
+/// remember how far its sequence got, and a sequence that started over would put new records
+/// behind every consumer, which would skip them.
+fn next_seqs(segments_dir: &Path, data_dir: &Path) -> Result<HashMap<u16, u64>, LogError> {
     let mut next: HashMap<u16, u64> = HashMap::new();
+    for name in consumer::saved_consumers(data_dir)? {
+        if let Some((cursor, _)) = consumer::load_cursor(data_dir, &name)? {
+            for (&worker, pos) in &cursor.positions {
+                let seq = if pos.offset == 0 {
+                    pos.seq
+                } else {
+                    pos.seq.saturating_add(1)
+                };
+                let slot = next.entry(worker).or_default();
+                *slot = (*slot).max(seq);
+            }
+        }
+    }
     for entry in std::fs::read_dir(segments_dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };

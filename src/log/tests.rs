@@ -989,18 +989,19 @@ fn a_crash_inside_a_reused_file_ends_cleanly_at_the_end_mark() {
 
 type Contents = Vec<(RecordMeta, Vec<u8>, Vec<u8>)>;
 
-/// Reads everything `consumer` has now (waiting briefly for the first records).
-fn drain(consumer: &mut Consumer) -> (Contents, Cursor) {
+/// Reads from `consumer` until it has `n` records (or 10 s pass), then once more briefly, so
+/// that records beyond the `n` expected show up too.
+fn drain(consumer: &mut Consumer, n: usize) -> (Contents, Cursor) {
     let mut out = Vec::new();
-    let cursor = loop {
-        let before = out.len();
-        let cursor = consumer
-            .read(&mut out, 16, 1 << 20, Duration::from_millis(20))
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n && Instant::now() < deadline {
+        consumer
+            .read(&mut out, 16, 1 << 20, Duration::from_millis(100))
             .unwrap();
-        if out.len() == before {
-            break cursor;
-        }
-    };
+    }
+    let cursor = consumer
+        .read(&mut out, 1 << 20, 1 << 30, Duration::from_millis(50))
+        .unwrap();
     let records = out
         .into_iter()
         .map(|r| (r.meta, r.name, r.body.to_vec()))
@@ -1030,7 +1031,7 @@ fn a_consumer_reads_live_records_in_order_and_resumes_from_its_saved_cursor() {
             writers[0].roll().unwrap();
         }
     }
-    let (got, cursor) = drain(&mut consumer);
+    let (got, cursor) = drain(&mut consumer, want.len());
     assert_eq!(got, want, "live and sealed, in arrival order");
     consumer.commit(&cursor);
     consumer.save().unwrap();
@@ -1042,7 +1043,7 @@ fn a_consumer_reads_live_records_in_order_and_resumes_from_its_saved_cursor() {
         writers[(i % 2) as usize].append(m, b"", &[&b]).unwrap();
         want.push((m, vec![], b));
     }
-    let (again, _) = drain(&mut consumer);
+    let (again, _) = drain(&mut consumer, 10);
     assert_eq!(again, want[60..]);
     for w in writers {
         w.close().unwrap();
@@ -1052,7 +1053,7 @@ fn a_consumer_reads_live_records_in_order_and_resumes_from_its_saved_cursor() {
 
     let service = SegmentService::start(config(dir.path()), 2).unwrap();
     let mut consumer = service.consumers().register("test").unwrap();
-    let (resumed, _) = drain(&mut consumer);
+    let (resumed, _) = drain(&mut consumer, 10);
     assert_eq!(resumed, want[60..], "resumes at the saved cursor");
     service.shutdown();
 }
@@ -1098,12 +1099,12 @@ fn a_pending_record_holds_back_only_its_stream() {
         .unwrap();
     w1.append(meta(3, 3, RecordKind::WebBatch), b"", &[b"other"])
         .unwrap();
-    let (got, _) = drain(&mut consumer);
+    let (got, _) = drain(&mut consumer, 1);
     assert_eq!(got.iter().map(|r| r.0.session_id).collect::<Vec<_>>(), [3]);
     pending.unfilled().copy_from_slice(b"body");
     pending.advance(4);
     pending.commit();
-    let (got, _) = drain(&mut consumer);
+    let (got, _) = drain(&mut consumer, 2);
     assert_eq!(
         got.iter().map(|r| r.0.session_id).collect::<Vec<_>>(),
         [1, 2]
@@ -1120,6 +1121,7 @@ fn retention_waits_for_every_consumer() {
     let service = SegmentService::start(config(dir.path()), 1).unwrap();
     let mut fast = service.consumers().register("fast").unwrap();
     let mut slow = service.consumers().register("slow").unwrap();
+    service.consumers().registration_complete();
     let mut w = service.writer(0).unwrap();
     for i in 0..30u64 {
         w.append(meta(i, i, RecordKind::WebBatch), b"", &[&body(i, 6000)])
@@ -1133,17 +1135,19 @@ fn retention_waits_for_every_consumer() {
             .count()
     };
     wait_until("seals", || sealed(dir.path()) >= 3);
-    let (_, cursor) = drain(&mut fast);
+    let (_, cursor) = drain(&mut fast, 30);
     fast.commit(&cursor);
     fast.save().unwrap();
     std::thread::sleep(Duration::from_millis(600));
     assert!(sealed(dir.path()) >= 3, "the slow consumer holds them back");
-    let (_, cursor) = drain(&mut slow);
+    let (_, cursor) = drain(&mut slow, 30);
     slow.commit(&cursor);
     slow.save().unwrap();
-    wait_until("retirement", || sealed(dir.path()) == 0);
+    // The count moves just after the file does.
+    wait_until("retirement", || {
+        sealed(dir.path()) == 0 && service.segment_counts().retired >= 3
+    });
     assert_eq!(service.segment_counts().forced_out, 0);
-    assert!(service.segment_counts().retired >= 3);
     w.close().unwrap();
     service.shutdown();
 }
@@ -1176,6 +1180,45 @@ fn next_sealed_hands_out_whole_sealed_segments_in_order() {
     }
     assert_eq!(seen, [0, 1, 2, 3, 4]);
     assert!(c.next_sealed().unwrap().is_none(), "the open segment waits");
+    w.close().unwrap();
+    service.shutdown();
+}
+
+/// Once every segment of a worker is retired, a restart must not start its sequence over: the
+/// consumers' cursors are past those numbers, and would skip every new record.
+#[test]
+fn sequences_continue_past_retired_segments_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut c = service.consumers().register("c").unwrap();
+    service.consumers().registration_complete();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..3u64 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[b"before"])
+            .unwrap();
+        w.roll().unwrap();
+    }
+    w.close().unwrap();
+    let (got, cursor) = drain(&mut c, 3);
+    assert_eq!(got.len(), 3);
+    c.commit(&cursor);
+    c.save().unwrap();
+    wait_until("everything retired", || {
+        segment_files(dir.path()).is_empty()
+    });
+    drop(c);
+    service.shutdown();
+
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut c = service.consumers().register("c").unwrap();
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(9, 9, RecordKind::WebBatch), b"", &[b"after"])
+        .unwrap();
+    let (got, _) = drain(&mut c, 1);
+    assert_eq!(
+        got,
+        [(meta(9, 9, RecordKind::WebBatch), vec![], b"after".to_vec())]
+    );
     w.close().unwrap();
     service.shutdown();
 }
