@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::compact::CompactorConfig;
 use crate::log::LogConfig;
 
 /// Everything a node needs to run, validated.
@@ -41,6 +42,8 @@ pub struct Config {
     pub segment_max_age: Duration,
     pub prefault_window: usize,
     pub retain_bytes: Option<u64>,
+    /// Compacted data older than this is deleted.
+    pub retention: Duration,
     pub geoip_db: Option<PathBuf>,
     pub max_connections: usize,
 }
@@ -107,9 +110,13 @@ pub struct ServeArgs {
     /// Age at which a non-empty segment is sealed (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub segment_max_age: Option<Duration>,
-    /// Bytes of sealed segments kept; the oldest beyond are retired (default: keep all).
+    /// Bytes of sealed segments kept; the oldest beyond are forced out even if a consumer has
+    /// not read them (default: no limit; segments go once every consumer has them).
     #[arg(long)]
     pub retain_bytes: Option<u64>,
+    /// How long compacted data is kept (default 72h).
+    #[arg(long, value_parser = parse_duration)]
+    pub retention: Option<Duration>,
     /// MaxMind GeoIP2/GeoLite2 database for userCountry/State/City.
     #[arg(long, env = "MAXMINDDB_FILE")]
     pub geoip_db: Option<PathBuf>,
@@ -148,6 +155,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_opt")]
     segment_max_age: Option<Duration>,
     retain_bytes: Option<u64>,
+    #[serde(default, with = "humantime_opt")]
+    retention: Option<Duration>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
 }
@@ -289,6 +298,10 @@ impl Config {
                 .unwrap_or(LogConfig::DEFAULT_SEGMENT_MAX_AGE),
             prefault_window: LogConfig::DEFAULT_PREFAULT_WINDOW,
             retain_bytes: a.retain_bytes.or(f.retain_bytes),
+            retention: a
+                .retention
+                .or(f.retention)
+                .unwrap_or(CompactorConfig::DEFAULT_RETENTION),
             geoip_db: a.geoip_db.clone().or(f.geoip_db),
             max_connections: a
                 .max_connections
@@ -323,6 +336,14 @@ impl Config {
             segment_max_age: self.segment_max_age,
             prefault_window: self.prefault_window,
             retain_bytes: self.retain_bytes,
+        }
+    }
+
+    /// The compactor's part of the settings.
+    pub fn compactor_config(&self) -> CompactorConfig {
+        CompactorConfig {
+            retention: self.retention,
+            ..CompactorConfig::new(&self.data_dir)
         }
     }
 

@@ -11,9 +11,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
 use replay_ingest::geo::GeoDb;
-use replay_ingest::log::{self as seglog, RecordKind, SegmentService, StoredRecord, Topic};
+use replay_ingest::log::{self as seglog, Lag, RecordKind, SegmentEvent, SegmentService, Topic};
 use replay_ingest::net::Server;
 use replay_ingest::project::Projects;
 use replay_ingest::routes::NodeState;
@@ -38,6 +39,21 @@ enum Command {
         /// Default: raw for web sessions, raw-ios for mobile ones.
         #[arg(long)]
         topic: Option<TopicArg>,
+    },
+    /// Write one session's streams (one file per topic, in the session's true order) and its
+    /// images under `OUT/<projectKey>/<sessionID>/`.
+    Export {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        session: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// The node's projects file, to name the project directory by its key (without one:
+        /// the key from the session's mobile image names, the demo project's key, or
+        /// `project-<id>`).
+        #[arg(long)]
+        projects: Option<PathBuf>,
     },
     /// List stored records: session, topic, kind, size, time (and name, for images).
     Ls {
@@ -76,6 +92,12 @@ fn main() -> Result<()> {
             topic,
         } => cat(&data_dir, session, topic.map(Topic::from)),
         Command::Ls { data_dir, json } => ls(&data_dir, json),
+        Command::Export {
+            data_dir,
+            session,
+            out,
+            projects,
+        } => export(&data_dir, session, &out, projects.as_deref()),
     }
 }
 
@@ -126,6 +148,18 @@ fn serve(args: &ServeArgs) -> Result<()> {
         summary.truncated_bytes
     );
 
+    // Consumers register before traffic flows, so retention keeps what each has not read.
+    let registry = Arc::clone(segments.consumers());
+    let compactor_events = {
+        let (tx, rx) = crossbeam_channel::bounded(compact::compactor::EVENT_QUEUE);
+        registry.listen_for_seals(tx.clone());
+        let consumer = registry.register(compact::compactor::CONSUMER_NAME)?;
+        let compactor = Compactor::start(consumer, rx, config.compactor_config())
+            .context("cannot start the compactor")?;
+        (tx, compactor)
+    };
+    registry.registration_complete();
+
     let segments = Arc::new(segments);
     let node = NodeState::new(config, projects, &secret, geo);
 
@@ -152,6 +186,10 @@ fn serve(args: &ServeArgs) -> Result<()> {
         Ok(segments) => segments.shutdown(),
         Err(_) => log::error!("segment service still shared at shutdown"),
     }
+    // The compactor takes what the last seals left, then saves its cursor.
+    let (events, compactor) = compactor_events;
+    let _ = events.send(SegmentEvent::Shutdown);
+    compactor.join();
     log::info!("stopped");
     Ok(())
 }
@@ -178,11 +216,8 @@ fn is_mobile(kind: RecordKind) -> bool {
 }
 
 fn cat(data_dir: &Path, session: u64, topic: Option<Topic>) -> Result<()> {
-    let records = read_store(data_dir)?;
-    let records: Vec<&StoredRecord> = records
-        .iter()
-        .filter(|r| r.meta.session_id == session)
-        .collect();
+    check_store(data_dir)?;
+    let records = compact::store::read_session(data_dir, session)?;
     if records.is_empty() {
         bail!("no records of session {session} in {}", data_dir.display());
     }
@@ -204,11 +239,103 @@ fn cat(data_dir: &Path, session: u64, topic: Option<Topic>) -> Result<()> {
     Ok(())
 }
 
-fn read_store(data_dir: &Path) -> Result<Vec<StoredRecord>> {
-    if !data_dir.join("segments").is_dir() {
+fn export(data_dir: &Path, session: u64, out: &Path, projects: Option<&Path>) -> Result<()> {
+    check_store(data_dir)?;
+    let records = compact::store::read_session(data_dir, session)?;
+    if records.is_empty() {
+        bail!("no records of session {session} in {}", data_dir.display());
+    }
+    let key = project_key_of(data_dir, &records, projects)?;
+    let dir = out.join(&key).join(session.to_string());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut streams: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut images = 0;
+    for r in &records {
+        match r.meta.kind.topic() {
+            Some(topic) => {
+                let name = topic_name(Some(topic));
+                match streams.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, bytes)) => bytes.extend_from_slice(&r.body),
+                    None => streams.push((name, r.body.to_vec())),
+                }
+            }
+            None if r.meta.kind == RecordKind::Image => {
+                // Stored as `[<key>/]<session>/<file>`; the file name was checked at upload.
+                let name = String::from_utf8_lossy(&r.name);
+                let file = name.rsplit('/').next().unwrap_or_default();
+                if file.is_empty() || file == "." || file == ".." {
+                    continue;
+                }
+                let images_dir = dir.join("images");
+                std::fs::create_dir_all(&images_dir)?;
+                std::fs::write(images_dir.join(file), &r.body)?;
+                images += 1;
+            }
+            None => {}
+        }
+    }
+    for (name, bytes) in &streams {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    println!(
+        "{}: {} streams, {images} images",
+        dir.display(),
+        streams.len()
+    );
+    Ok(())
+}
+
+/// The key of the session's project: from a mobile image's stored name
+/// (`<key>/<session>/<file>`), the projects file, the demo project, or `project-<id>`.
+fn project_key_of(
+    data_dir: &Path,
+    records: &[CompactRecord],
+    projects: Option<&Path>,
+) -> Result<String> {
+    let from_image = records.iter().find_map(|r| {
+        let name = std::str::from_utf8(&r.name).ok()?;
+        let mut parts = name.split('/');
+        let (key, _, _) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(key.to_string())
+    });
+    if let Some(key) = from_image {
+        return Ok(key);
+    }
+    let project_id = records.iter().find_map(|r| {
+        let mut reader = replay_ingest::codec::Reader::new(&r.body);
+        let start = matches!(
+            r.meta.kind,
+            RecordKind::SessionStart | RecordKind::MobileSessionStart
+        );
+        if !start {
+            return None;
+        }
+        let _type = reader.uint().ok()?;
+        let _timestamp = reader.uint().ok()?;
+        reader.uint().ok()
+    });
+    let Some(id) = project_id else {
+        return Ok("unknown-project".to_string());
+    };
+    if let Some(path) = projects {
+        if let Some(p) = Projects::load(path)?.by_id(id) {
+            return Ok(p.project_key.clone());
+        }
+    }
+    match std::fs::read_to_string(data_dir.join("demo-project-key")) {
+        Ok(key) if id == Projects::DEMO_PROJECT_ID && !key.trim().is_empty() => {
+            Ok(key.trim().to_string())
+        }
+        _ => Ok(format!("project-{id}")),
+    }
+}
+
+fn check_store(data_dir: &Path) -> Result<()> {
+    let has = |d: &str| data_dir.join(d).is_dir();
+    if !has(seglog::format::SEGMENTS_DIR) && !has(compact::format::COMPACTED_DIR) {
         bail!("{} holds no segments", data_dir.display());
     }
-    Ok(seglog::read_records(data_dir)?)
+    Ok(())
 }
 
 fn topic_name(topic: Option<Topic>) -> &'static str {
@@ -220,39 +347,96 @@ fn topic_name(topic: Option<Topic>) -> &'static str {
     }
 }
 
+fn rfc3339(unix_ns: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
+}
+
 fn ls(data_dir: &Path, json: bool) -> Result<()> {
-    let records = read_store(data_dir)?;
+    check_store(data_dir)?;
+    let records = compact::store::read_everything(data_dir)?;
     let mut out = std::io::stdout().lock();
     for r in &records {
-        let time = humantime::format_rfc3339_millis(
-            UNIX_EPOCH + Duration::from_nanos(r.meta.arrival_unix_ns),
-        );
-        let topic = topic_name(r.meta.kind.topic());
-        let name = String::from_utf8_lossy(&r.name);
+        write_record_line(&mut out, r, json)?;
+    }
+    // Each consumer's saved cursor, and what the segments still hold that it has not passed.
+    let live = seglog::read_records(data_dir).unwrap_or_default();
+    for name in seglog::consumer::saved_consumers(data_dir)? {
+        let Some((cursor, saved)) = seglog::consumer::load_cursor(data_dir, &name)? else {
+            continue;
+        };
+        let lag = Lag::of(&cursor, &live);
+        let saved = humantime::format_rfc3339_millis(saved).to_string();
+        let oldest_age = lag.oldest_unix_ns.map(|t| {
+            let now = std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            Duration::from_millis(now.saturating_sub(t) / 1_000_000)
+        });
+        let positions: Vec<String> = cursor
+            .positions
+            .iter()
+            .map(|(w, p)| format!("w{w:03}:{:016x}+{}", p.seq, p.offset))
+            .collect();
         if json {
             let line = serde_json::json!({
-                "session": r.meta.session_id.to_string(),
-                "topic": topic,
-                "kind": r.meta.kind.as_str(),
-                "size": r.body.len(),
-                "time": time.to_string(),
-                "name": name,
+                "consumer": name,
+                "saved": saved,
+                "cursor": cursor.positions.iter().map(|(w, p)| {
+                    serde_json::json!({"worker": w, "seq": p.seq, "offset": p.offset})
+                }).collect::<Vec<_>>(),
+                "lag_records": lag.records,
+                "lag_bytes": lag.bytes,
+                "oldest_unconsumed_age_ms": oldest_age.map(|d| d.as_millis() as u64),
             });
             writeln!(out, "{line}")?;
         } else {
-            write!(
+            let age = oldest_age.map_or("-".to_string(), |d| {
+                humantime::format_duration(d).to_string()
+            });
+            writeln!(
                 out,
-                "{}\t{topic}\t{}\t{}\t{time}",
-                r.meta.session_id,
-                r.meta.kind.as_str(),
-                r.body.len()
+                "# consumer {name}: cursor {} (saved {saved}); lag {} records, {} bytes, oldest \
+                 unconsumed {age}",
+                if positions.is_empty() {
+                    "at the start".to_string()
+                } else {
+                    positions.join(" ")
+                },
+                lag.records,
+                lag.bytes,
             )?;
-            if !name.is_empty() {
-                write!(out, "\t{name}")?;
-            }
-            writeln!(out)?;
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn write_record_line(out: &mut impl Write, r: &CompactRecord, json: bool) -> Result<()> {
+    let time = rfc3339(r.meta.arrival_unix_ns);
+    let topic = topic_name(r.meta.kind.topic());
+    let name = String::from_utf8_lossy(&r.name);
+    if json {
+        let line = serde_json::json!({
+            "session": r.meta.session_id.to_string(),
+            "topic": topic,
+            "kind": r.meta.kind.as_str(),
+            "size": r.body.len(),
+            "time": time,
+            "name": name,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        write!(
+            out,
+            "{}\t{topic}\t{}\t{}\t{time}",
+            r.meta.session_id,
+            r.meta.kind.as_str(),
+            r.body.len()
+        )?;
+        if !name.is_empty() {
+            write!(out, "\t{name}")?;
+        }
+        writeln!(out)?;
+    }
     Ok(())
 }

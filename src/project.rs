@@ -144,10 +144,13 @@ impl Projects {
     }
 
     /// The demo project of a node started without a projects file.
+    /// The id of the demo project a node without a projects file serves.
+    pub const DEMO_PROJECT_ID: u64 = 1;
+
     pub fn demo(key: String) -> Projects {
         let demo = Project {
             project_key: key,
-            project_id: 1,
+            project_id: Self::DEMO_PROJECT_ID,
             sample_rate: 100.0,
             max_session_duration: two_hours(),
             beacon_size_limit: None,

@@ -549,12 +549,31 @@ fn mobile_start_batches_late_and_images() {
         assert_eq!(rec["size"], data.len());
         assert_eq!(rec["session"], sid.to_string());
     }
-    // Image bytes are intact: read them back through the library's reader.
-    let stored = replay_ingest::log::read_records(&node.dir).unwrap();
+    // Image bytes are intact: read them back through the library's reader (segments or
+    // compacted files, wherever they are by now).
+    let stored = replay_ingest::compact::store::read_everything(&node.dir).unwrap();
     for (name, data) in &files {
         let key = format!("mobile-key/{sid}/{name}");
         let rec = stored.iter().find(|r| r.name == key.as_bytes()).unwrap();
         assert_eq!(&rec.body[..], &data[..]);
+    }
+    // `export` writes the session's stream and its images under <projectKey>/<sessionID>/.
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(BIN)
+        .arg("export")
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .arg("--session")
+        .arg(sid.to_string())
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let session_dir = out.path().join("mobile-key").join(sid.to_string());
+    assert_eq!(std::fs::read(session_dir.join("raw-ios")).unwrap(), expected);
+    for (name, data) in &files {
+        assert_eq!(&std::fs::read(session_dir.join("images").join(name)).unwrap(), data);
     }
 
     // Not multipart: 415.

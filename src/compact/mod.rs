@@ -6,10 +6,13 @@
 //! puts a session's records in their true order, [`format`] writes and reads the files. All
 //! three are pure of threads: the compactor thread and the CLI's thread call them.
 
+pub mod compactor;
 pub mod format;
 pub mod order;
+pub mod store;
 pub mod validate;
 
+pub use compactor::{Compactor, CompactorConfig, CompactorStats};
 pub use format::{
     list_compacted, read_all, read_header, read_session, remove_leftovers, CompactRecord,
     CompactedFileName, CompactedHeader, CompactedInfo, CompactedReader, CompactedWriter, Origin,

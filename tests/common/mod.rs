@@ -303,7 +303,23 @@ pub fn cat(dir: &Path, session: u64, topic: Option<&str>) -> Vec<u8> {
     out.stdout
 }
 
+/// The stored records `ls --json` lists (its consumer lines are left out: see [`consumers`]).
 pub fn ls(dir: &Path) -> Vec<serde_json::Value> {
+    ls_lines(dir)
+        .into_iter()
+        .filter(|v| v.get("session").is_some())
+        .collect()
+}
+
+/// The consumer lines of `ls --json`: name, saved cursor, lag.
+pub fn consumers(dir: &Path) -> Vec<serde_json::Value> {
+    ls_lines(dir)
+        .into_iter()
+        .filter(|v| v.get("consumer").is_some())
+        .collect()
+}
+
+fn ls_lines(dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(BIN)
         .arg("ls")
         .arg("--data-dir")

@@ -1,0 +1,403 @@
+//! The compactor thread: the log's first consumer.
+//!
+//! In: [`SegmentEvent`]s over a bounded crossbeam channel (a segment was sealed; the node is
+//! stopping), and the sealed segments themselves, read whole through the log's consumer API
+//! ([`Consumer::next_sealed`]). Out: compacted files in `<data_dir>/compacted/` (see
+//! [`format`](super::format)), quarantined records in `<data_dir>/quarantine/`, and the
+//! compactor's cursor, which lets retention retire the segments it compacted. Thread: its own,
+//! `compactor`, started by [`Compactor::start`].
+//!
+//! # One run
+//!
+//! The compactor takes every sealed segment it has not passed (up to [`RUN_BYTES`]), checks each
+//! record ([`check_record`]), writes the good ones into one compacted file (grouped by session,
+//! each session in its true order) and the bad ones into a quarantine file with their reason,
+//! makes both durable, and only then commits and saves its cursor past those segments. A crash
+//! at any step leaves the inputs (no compacted file yet: the run is redone) or the complete
+//! output (its header lists the input segments; at start-up the cursor is moved past them), so
+//! after a restart every acknowledged record is in exactly one place: a compacted file, or a
+//! segment no compacted file lists. Readers apply the same rule (`compact::store`). A crash
+//! between the quarantine file and the compacted file may quarantine a bad record twice.
+//!
+//! # Retention
+//!
+//! After each run and at least every [`RETENTION_CHECK`], compacted files whose newest record is
+//! older than the retention period are deleted, oldest first, each one logged and counted.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::format::{self, CompactRecord, CompactedWriter, COMPACTED_DIR};
+use super::validate::check_record;
+use crate::log::{Consumer, Cursor, LogError, Position, SealedSegment, SegmentEvent, SegmentName};
+
+/// The compactor's name as a consumer of the log (its cursor file is `consumers/compactor.cursor`).
+pub const CONSUMER_NAME: &str = "compactor";
+/// Where quarantined records go, beside `segments/` and `compacted/`.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// Bytes of input segments one run takes at most: the writer holds a run's records in memory,
+/// and 256 MiB is four default segments, enough to group a busy minute's sessions together.
+pub const RUN_BYTES: u64 = 256 << 20;
+/// How often retention by age is checked when no segment arrives.
+pub const RETENTION_CHECK: Duration = Duration::from_secs(10);
+/// Events queued for the compactor; a seal that finds the queue full is picked up by the next
+/// run anyway (the events are wake-ups, the consumer API says what is sealed).
+pub const EVENT_QUEUE: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct CompactorConfig {
+    pub data_dir: PathBuf,
+    /// zstd level of the compacted files.
+    pub level: i32,
+    /// Compacted data older than this (by its newest record) is deleted.
+    pub retention: Duration,
+}
+
+impl CompactorConfig {
+    /// 72 hours: three days of sessions to replay or re-export, as long as OpenReplay's own
+    /// default retention of raw recordings.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+    pub fn new(data_dir: &Path) -> Self {
+        CompactorConfig {
+            data_dir: data_dir.to_path_buf(),
+            level: format::DEFAULT_LEVEL,
+            retention: Self::DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// What the compactor did, for logs, `ls`, metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct CompactorStats {
+    pub runs: AtomicU64,
+    pub segments: AtomicU64,
+    pub records: AtomicU64,
+    /// Record bytes (names and bodies) that went in.
+    pub raw_bytes: AtomicU64,
+    /// Bytes of compacted files written.
+    pub file_bytes: AtomicU64,
+    /// Records set aside because they do not walk.
+    pub quarantined: AtomicU64,
+    /// Compacted files deleted because they were older than the retention period.
+    pub expired_files: AtomicU64,
+    /// Nanoseconds spent in runs (reading, checking, compressing, syncing).
+    pub busy_ns: AtomicU64,
+}
+
+/// The running compactor thread.
+pub struct Compactor {
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<CompactorStats>,
+}
+
+impl Compactor {
+    /// Starts the thread. `events` should be listening for seals already
+    /// (`ConsumerRegistry::listen_for_seals`); send it [`SegmentEvent::Shutdown`] to stop.
+    pub fn start(
+        consumer: Consumer,
+        events: Receiver<SegmentEvent>,
+        config: CompactorConfig,
+    ) -> io::Result<Compactor> {
+        let stats = Arc::new(CompactorStats::default());
+        let mut state = State::open(consumer, config, Arc::clone(&stats))?;
+        let thread = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || state.run(&events))?;
+        Ok(Compactor {
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<CompactorStats> {
+        &self.stats
+    }
+
+    /// Waits for the thread to finish (after it was sent `Shutdown`).
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("compactor thread panicked");
+            }
+        }
+    }
+}
+
+struct State {
+    consumer: Consumer,
+    config: CompactorConfig,
+    compacted_dir: PathBuf,
+    quarantine_dir: PathBuf,
+    stats: Arc<CompactorStats>,
+}
+
+impl State {
+    /// Cleans up after a crash: `.tmp-` files go, and the cursor moves past every segment a
+    /// complete compacted file already holds.
+    fn open(
+        mut consumer: Consumer,
+        config: CompactorConfig,
+        stats: Arc<CompactorStats>,
+    ) -> io::Result<State> {
+        let compacted_dir = config.data_dir.join(COMPACTED_DIR);
+        let quarantine_dir = config.data_dir.join(QUARANTINE_DIR);
+        std::fs::create_dir_all(&compacted_dir)?;
+        std::fs::create_dir_all(&quarantine_dir)?;
+        let removed = format::remove_leftovers(&compacted_dir)?;
+        if removed > 0 {
+            log::info!("compactor: removed {removed} unfinished compacted files");
+        }
+        let covered = covered_cursor(&compacted_dir)?;
+        if !consumer.committed().positions.is_empty() || !covered.positions.is_empty() {
+            let before = consumer.committed().clone();
+            consumer.commit(&covered);
+            if consumer.committed() != &before {
+                log::info!("compactor: cursor moved past segments already compacted");
+                consumer.save()?;
+            }
+        }
+        Ok(State {
+            consumer,
+            config,
+            compacted_dir,
+            quarantine_dir,
+            stats,
+        })
+    }
+
+    fn run(&mut self, events: &Receiver<SegmentEvent>) {
+        let mut next_retention = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.compact_available() {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    log::error!("compactor: {e}; retrying in {backoff:?}");
+                    if matches!(events.recv_timeout(backoff), Ok(SegmentEvent::Shutdown)) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+            if Instant::now() >= next_retention {
+                if let Err(e) = self.expire() {
+                    log::error!("compactor: retention: {e}");
+                }
+                next_retention = Instant::now() + RETENTION_CHECK;
+            }
+            match events.recv_timeout(next_retention.saturating_duration_since(Instant::now())) {
+                Ok(SegmentEvent::Sealed(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(SegmentEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Everything sealed before the stop is compacted: the writers closed first.
+        if let Err(e) = self.compact_available() {
+            log::error!("compactor: last run: {e}");
+        }
+        if let Err(e) = self.consumer.save() {
+            log::error!("compactor: saving its cursor: {e}");
+        }
+        let s = &self.stats;
+        log::info!(
+            "compactor: {} segments, {} records, {} bytes into {} bytes, {} quarantined, {} \
+             files expired",
+            s.segments.load(Ordering::Relaxed),
+            s.records.load(Ordering::Relaxed),
+            s.raw_bytes.load(Ordering::Relaxed),
+            s.file_bytes.load(Ordering::Relaxed),
+            s.quarantined.load(Ordering::Relaxed),
+            s.expired_files.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Runs until no sealed segment is left; returns how many were compacted.
+    fn compact_available(&mut self) -> Result<u64, LogError> {
+        let mut total = 0;
+        loop {
+            let mut run = Vec::new();
+            let mut bytes = 0u64;
+            while bytes < RUN_BYTES {
+                let Some(segment) = self.consumer.next_sealed()? else {
+                    break;
+                };
+                bytes += segment.header.sealed_len;
+                run.push(segment);
+            }
+            if run.is_empty() {
+                return Ok(total);
+            }
+            total += run.len() as u64;
+            self.compact(run)?;
+        }
+    }
+
+    fn compact(&mut self, run: Vec<SealedSegment>) -> Result<(), LogError> {
+        let started = Instant::now();
+        let inputs: Vec<SegmentName> = run.iter().map(|s| s.name).collect();
+        let cursor = run.last().map(|s| s.cursor.clone()).unwrap_or_default();
+        let mut writer = CompactedWriter::new(&self.compacted_dir, &inputs, self.config.level)?;
+        let mut quarantine = Vec::new();
+        let (mut records, mut raw) = (0u64, 0u64);
+        for segment in run {
+            for record in segment.records {
+                records += 1;
+                raw += (record.name.len() + record.body.len()) as u64;
+                match check_record(record.meta.kind, &record.body) {
+                    Ok(()) => writer.push(CompactRecord::from(record))?,
+                    Err(reason) => quarantine.push((CompactRecord::from(record), reason)),
+                }
+            }
+        }
+        if !quarantine.is_empty() {
+            self.write_quarantine(&inputs, &quarantine)?;
+        }
+        // Written even when every record was quarantined: its header is what tells readers
+        // (and a restarted compactor) that these segments are done with.
+        let file_bytes = writer.finish()?.file_bytes;
+        // Only now, with the output durable, may the inputs go.
+        self.consumer.commit(&cursor);
+        self.consumer.save()?;
+        let s = &self.stats;
+        s.runs.fetch_add(1, Ordering::Relaxed);
+        s.segments.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        s.records.fetch_add(records, Ordering::Relaxed);
+        s.raw_bytes.fetch_add(raw, Ordering::Relaxed);
+        s.file_bytes.fetch_add(file_bytes, Ordering::Relaxed);
+        s.quarantined
+            .fetch_add(quarantine.len() as u64, Ordering::Relaxed);
+        s.busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        log::debug!(
+            "compactor: {} segments, {records} records, {raw} bytes into {file_bytes} in {:?}",
+            inputs.len(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Writes the quarantined records of one run to a file of their own, one JSON object a
+    /// line (reason, where the record came from, its bytes in base64), synced before return.
+    fn write_quarantine(
+        &self,
+        inputs: &[SegmentName],
+        records: &[(CompactRecord, super::validate::Quarantine)],
+    ) -> io::Result<()> {
+        let first = inputs.first().map(|n| n.file_name()).unwrap_or_default();
+        let path = self.quarantine_dir.join(format!(
+            "q-{:013}-{}.jsonl",
+            unix_ms(SystemTime::now()),
+            first.trim_end_matches(crate::log::format::SEGMENT_SUFFIX)
+        ));
+        let mut out = Vec::new();
+        for (record, reason) in records {
+            log::warn!(
+                "quarantined a record of session {} from {}: {reason}",
+                record.meta.session_id,
+                SegmentName {
+                    worker: record.origin.worker,
+                    seq: record.origin.segment_seq
+                }
+                .file_name()
+            );
+            let line = serde_json::json!({
+                "reason": reason.to_string(),
+                "session": record.meta.session_id.to_string(),
+                "kind": record.meta.kind.as_str(),
+                "arrival_unix_ns": record.meta.arrival_unix_ns,
+                "segment": SegmentName {
+                    worker: record.origin.worker,
+                    seq: record.origin.segment_seq,
+                }
+                .file_name(),
+                "offset": record.origin.offset,
+                "name": String::from_utf8_lossy(&record.name),
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(&record.body),
+            });
+            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
+            out.push(b'\n');
+        }
+        let mut file = File::options().create(true).append(true).open(&path)?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+        File::open(&self.quarantine_dir)?.sync_all()
+    }
+
+    /// Deletes compacted files whose newest record is older than the retention period.
+    fn expire(&mut self) -> io::Result<()> {
+        let horizon =
+            unix_ms(SystemTime::now()).saturating_sub(self.config.retention.as_millis() as u64);
+        for name in format::list_compacted(&self.compacted_dir)? {
+            if name.last_arrival_ms >= horizon {
+                continue;
+            }
+            let path = self.compacted_dir.join(name.file_name());
+            // While an input segment is still there (another consumer holds it), this file is
+            // what tells readers its records were compacted: it stays until the segment goes.
+            let header = match format::read_header(&path) {
+                Ok(header) => header,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if header
+                .inputs
+                .iter()
+                .any(|&segment| self.consumer.segment_present(segment))
+            {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    log::info!(
+                        "retention: {} expired (older than {:?})",
+                        name.file_name(),
+                        self.config.retention
+                    );
+                    self.stats.expired_files.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cursor just past every segment that a compacted file in `dir` lists as an input.
+pub fn covered_cursor(dir: &Path) -> io::Result<Cursor> {
+    let mut cursor = Cursor::default();
+    for segment in covered_segments(dir)? {
+        let pos = cursor.positions.entry(segment.worker).or_default();
+        *pos = (*pos).max(Position::after(segment.seq));
+    }
+    Ok(cursor)
+}
+
+/// Every segment some compacted file in `dir` lists as an input.
+pub fn covered_segments(dir: &Path) -> io::Result<BTreeSet<SegmentName>> {
+    let mut covered = BTreeSet::new();
+    for name in format::list_compacted(dir)? {
+        match format::read_header(&dir.join(name.file_name())) {
+            Ok(header) => covered.extend(header.inputs),
+            // Expired (deleted) between the listing and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(covered)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

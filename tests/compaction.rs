@@ -1,0 +1,321 @@
+//! The log's consumer side through the real binary: the compactor turns sealed segments into
+//! compacted files and lets the segments go back to `spare/`; malformed batches are
+//! quarantined with their reason; `cat` puts one page's batches back in order; and SIGKILL at
+//! random moments loses no acknowledged batch and duplicates none.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+/// A web batch that walks: BatchMetadata (version 2, `page`, `first_index`), then one sized
+/// message of `len` bytes of `fill`.
+fn batch(page: u64, first_index: u64, fill: u8, len: usize) -> Vec<u8> {
+    let mut b = vec![81, 2];
+    put_uint(&mut b, page);
+    put_uint(&mut b, first_index);
+    b.extend_from_slice(&[0, 0]); // timestamp 0, location ""
+    b.push(100); // a message type the walker does not need to know
+    b.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
+    b.extend(std::iter::repeat_n(fill, len));
+    b
+}
+
+fn put_uint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn post(node: &Node, token: &str, body: &[u8]) -> u16 {
+    let mut conn = node.connect();
+    conn.write_all(&batch_request(token, "player", "", body))
+        .unwrap();
+    read_response(&mut conn).unwrap().status
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Sealed segments still in `segments/` (the open ones are not sealed).
+fn sealed_segments(dir: &Path) -> usize {
+    files_in(&dir.join("segments"))
+        .iter()
+        .filter(|n| n.ends_with(".seg"))
+        .filter(|n| {
+            let bytes = std::fs::read(dir.join("segments").join(n)).unwrap_or_default();
+            replay_ingest::log::scan_segment(&bytes).is_ok_and(|s| s.header.is_sealed())
+        })
+        .count()
+}
+
+/// The compactor's lag as `ls` reports it.
+fn compactor_lag(dir: &Path) -> Option<u64> {
+    consumers(dir)
+        .into_iter()
+        .find(|c| c["consumer"] == "compactor")
+        .map(|c| c["lag_records"].as_u64().unwrap())
+}
+
+/// With default retention, every sealed segment is compacted and goes back to `spare/`, where
+/// the next segments reuse it; `cat` reads the session whole from the compacted files.
+#[test]
+fn compaction_retires_segments_and_cat_reads_the_compacted_files() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let node = Node::builder()
+        .dir(dir)
+        .arg("--segment-size")
+        .arg("4194304")
+        .env("FILE_SIZE_LIMIT", "1000000")
+        .arg("--segment-max-age")
+        .arg("1s")
+        .workers(1)
+        .start();
+    let s = node.start_web("web-key");
+    let (token, sid) = (Node::token(&s), Node::session_id(&s));
+    // ~20 MB through 4 MiB segments: several rolls, into files the compactor gave back.
+    let batches: Vec<Vec<u8>> = (0..24)
+        .map(|i| batch(0, i, b'a' + i as u8, 850_000))
+        .collect();
+    for b in &batches {
+        assert_eq!(post(&node, &token, b), 200);
+    }
+    let raw = node.cat(sid, None);
+    assert!(raw.ends_with(&batches.concat()), "everything readable");
+    wait_for("compaction", Duration::from_secs(30), || {
+        sealed_segments(dir) == 0 && !files_in(&dir.join("compacted")).is_empty()
+    });
+    assert_eq!(
+        node.cat(sid, None),
+        raw,
+        "the same bytes, now from compacted files"
+    );
+    wait_for("the compactor to catch up", Duration::from_secs(30), || {
+        compactor_lag(dir) == Some(0) || sealed_segments(dir) > 0
+    });
+    assert!(node.stop().success());
+    assert_eq!(cat(dir, sid, None), raw, "and after a clean stop");
+    let log = std::fs::read_to_string(stderr_path(dir)).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("segment files:"))
+        .expect("the service's summary line");
+    let count = |word: &str| -> u64 {
+        let before = line.split(&format!(" {word}")).next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("retired") >= 4, "{line}");
+    assert!(count("reused") >= 1, "{line}");
+    assert_eq!(count("forced"), 0, "{line}");
+    let spare = files_in(&dir.join("segments").join("spare")).len();
+    assert!(spare <= 3, "spare files kept: {spare}");
+}
+
+/// A batch whose framing does not walk is set aside in `quarantine/` with its reason and never
+/// shows up in what consumers read; the good batches around it do.
+#[test]
+fn malformed_batches_are_quarantined_with_their_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let node = Node::builder()
+        .dir(dir)
+        .arg("--segment-max-age")
+        .arg("1s")
+        .start();
+    let s = node.start_web("web-key");
+    let (token, sid) = (Node::token(&s), Node::session_id(&s));
+    let good = batch(0, 0, b'g', 100);
+    let mut truncated = batch(0, 1, b't', 100);
+    truncated.truncate(60);
+    let not_a_batch = b"hello, not a batch".to_vec();
+    for b in [&good, &truncated, &not_a_batch] {
+        assert_eq!(
+            post(&node, &token, b),
+            200,
+            "acknowledged: it is in the log"
+        );
+    }
+    wait_for("quarantine", Duration::from_secs(30), || {
+        files_in(&dir.join("quarantine"))
+            .iter()
+            .any(|n| n.ends_with(".jsonl"))
+    });
+    assert!(node.stop().success());
+    let mut lines = Vec::new();
+    for name in files_in(&dir.join("quarantine")) {
+        let text = std::fs::read_to_string(dir.join("quarantine").join(name)).unwrap();
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("truncated")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("does not start with a batch meta")),
+        "{reasons:?}"
+    );
+    assert!(lines.iter().all(|l| l["session"] == sid.to_string()));
+    let out = cat(dir, sid, None);
+    assert!(out.ends_with(&good), "the good batch stays");
+    assert!(
+        !out.windows(20).any(|w| w == [b't'; 20]),
+        "the bad one is not handed on"
+    );
+    let log = std::fs::read_to_string(stderr_path(dir)).unwrap();
+    assert!(log.contains("2 quarantined"), "counted: {log}");
+}
+
+/// Batches of one page that arrive out of order come back from `cat` by firstIndex, whether
+/// they are still in the segments or already compacted.
+#[test]
+fn out_of_order_batches_of_one_page_come_back_in_order() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let node = Node::builder()
+        .dir(dir)
+        .arg("--segment-max-age")
+        .arg("1s")
+        .start();
+    let s = node.start_web("web-key");
+    let (token, sid) = (Node::token(&s), Node::session_id(&s));
+    let b0 = batch(0, 0, b'0', 50);
+    let b1 = batch(0, 7, b'1', 50);
+    let b2 = batch(0, 19, b'2', 50);
+    for b in [&b2, &b0, &b1] {
+        assert_eq!(post(&node, &token, b), 200);
+    }
+    let in_order = [b0.clone(), b1.clone(), b2.clone()].concat();
+    assert!(node.cat(sid, None).ends_with(&in_order), "live segments");
+    wait_for("compaction", Duration::from_secs(30), || {
+        !files_in(&dir.join("compacted")).is_empty() && sealed_segments(dir) == 0
+    });
+    assert!(node.cat(sid, None).ends_with(&in_order), "compacted files");
+}
+
+/// Several clients post batches while the node is SIGKILLed at random moments (during
+/// compaction and cursor saves too: compaction runs every second), ten times over. Every batch
+/// answered 200 is then stored exactly once, byte for byte.
+#[test]
+fn sigkill_at_random_moments_loses_and_duplicates_no_acknowledged_batch() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.keep();
+    eprintln!("DIR {}", data.display());
+    let dir = data.as_path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x51_9c11);
+    let acked: Arc<Mutex<HashMap<u64, Vec<Vec<u8>>>>> = Arc::default();
+    let mut serial = 0u32;
+    for cycle in 0..10 {
+        let node = Node::builder()
+            .dir(dir)
+            .arg("--segment-size")
+            .arg("4194304")
+            .env("FILE_SIZE_LIMIT", "1000000")
+            .arg("--segment-max-age")
+            .arg("300ms")
+            .start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for client in 0..3 {
+            let s = node.start_web("web-key");
+            let (token, sid) = (Node::token(&s), Node::session_id(&s));
+            let mut conn = node.connect();
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            let base = serial + client * 100_000;
+            let len = rng.random_range(100..60_000);
+            clients.push(std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // Unique bytes: the serial number, then filler.
+                    let mut b = batch(0, u64::from(n), b'x', len);
+                    let tag = (base + n).to_le_bytes();
+                    let at = b.len() - 4;
+                    b[at..].copy_from_slice(&tag);
+                    n += 1;
+                    if conn
+                        .write_all(&batch_request(&token, "player", "", &b))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    match read_response(&mut conn) {
+                        Some(r) if r.status == 200 => {
+                            acked.lock().unwrap().entry(sid).or_default().push(b);
+                        }
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        serial += 1_000_000;
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+        node.crash();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        eprintln!("cycle {cycle}: killed");
+    }
+    // A last start recovers and compacts what the last crash left; then a clean stop.
+    let node = Node::builder().dir(dir).start();
+    assert!(node.stop().success());
+
+    let stored = replay_ingest::compact::store::read_everything(dir).unwrap();
+    let mut found: HashMap<u64, HashMap<Vec<u8>, usize>> = HashMap::new();
+    for r in &stored {
+        if r.meta.kind == replay_ingest::log::RecordKind::WebBatch {
+            *found
+                .entry(r.meta.session_id)
+                .or_default()
+                .entry(r.body.to_vec())
+                .or_default() += 1;
+        }
+    }
+    let acked = acked.lock().unwrap();
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(total > 30, "the clients got batches in: {total}");
+    for (sid, batches) in acked.iter() {
+        for b in batches {
+            let times = found.get(sid).and_then(|f| f.get(b)).copied().unwrap_or(0);
+            assert_eq!(
+                times, 1,
+                "session {sid}: an acknowledged batch stored {times} times"
+            );
+        }
+    }
+}
