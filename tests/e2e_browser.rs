@@ -4,8 +4,9 @@
 //! the ingest; these tests then wait on the node's side (`ls`/`cat`, with a deadline) until every
 //! batch the node accepted is in the store, and check it there.
 //!
-//! Needs Chromium (`apt-get install -y chromium`), Node.js and `npm ci` in `e2e/`; `.ci/run`
-//! installs them. When one is missing the tests fail, saying so: they never skip.
+//! Needs Chromium (`apt-get install -y chromium`), Node.js and `npm ci` in `e2e/`; `./test.sh`
+//! (the README's test command) installs them. When one is missing the tests fail, saying so:
+//! they never skip.
 
 mod common;
 
@@ -69,7 +70,7 @@ fn require_tools() {
     }
     assert!(
         missing.is_empty(),
-        "the end-to-end suite needs:\n  {}\n(.ci/run installs all of them)",
+        "the end-to-end suite needs:\n  {}\n(./test.sh installs all of them)",
         missing.join("\n  ")
     );
 }
