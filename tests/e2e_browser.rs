@@ -4,8 +4,9 @@
 //! the ingest; these tests then wait on the node's side (`ls`/`cat`, with a deadline) until every
 //! batch the node accepted is in the store, and check it there.
 //!
-//! Needs Chromium (`apt-get install -y chromium`), Node.js and `npm ci` in `e2e/`; `.ci/run`
-//! installs them. When one is missing the tests fail, saying so: they never skip.
+//! Needs Chromium (`apt-get install -y chromium`), Node.js and `npm ci` in `e2e/`; `./test.sh`
+//! (the README's test command) installs them. When one is missing the tests fail, saying so:
+//! they never skip.
 
 mod common;
 
@@ -69,7 +70,7 @@ fn require_tools() {
     }
     assert!(
         missing.is_empty(),
-        "the end-to-end suite needs:\n  {}\n(.ci/run installs all of them)",
+        "the end-to-end suite needs:\n  {}\n(./test.sh installs all of them)",
         missing.join("\n  ")
     );
 }
@@ -471,6 +472,19 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Tracker message types the pv2 test looks for (OpenReplay's message catalogue).
+const MSG_CREATE_DOCUMENT: u64 = 7;
+const MSG_SET_NODE_ATTRIBUTE_URL_BASED: u64 = 60;
+
+/// Whether a (single-meta) web batch holds a message of type `kind` whose body contains
+/// `needle`.
+fn has_message(batch: &[u8], kind: u64, needle: &[u8]) -> bool {
+    codec::web_messages(batch)
+        .unwrap_or_else(|e| panic!("a batch the page sent does not walk: {e:?}"))
+        .map(|m| m.unwrap_or_else(|e| panic!("a batch the page sent does not walk: {e:?}")))
+        .any(|(_, t, body)| t == kind && (needle.is_empty() || contains(body, needle)))
+}
+
 #[test]
 fn protocol_v2_cross_origin_batches_land_on_raw_and_raw_assets() {
     let node = e2e_node().start();
@@ -495,15 +509,70 @@ fn protocol_v2_cross_origin_batches_land_on_raw_and_raw_assets() {
     check_session_start(&records, session, 71);
     assert!(sent.iter().all(|b| b.session == session));
 
-    // The first batch is visual: player part, then assets part at `split`.
+    // The page's first batch carries the DOM snapshot, whose URL-based parts (the stylesheet
+    // link of index.html) go to raw-assets. It is usually one `visual` batch (player part, then
+    // assets part at `split`), but not always, and that is the tracker's doing, not the node's.
+    // The tracker's worker builds the visual batch when the snapshot's `orloaded` marker
+    // reaches it; the page's main thread hands messages to the worker only on its 30 ms commit
+    // tick, while `forceFlushBatch()` is posted to the worker at once. The scenario's first
+    // flush comes after round 0 and its fetch. When that fetch is answered before the first
+    // tick (seen in 1 of 24 runs with both cores of the test machine kept busy), the flush
+    // reaches the worker before the first commit, finds nothing to send, and still ends the
+    // visual phase (finalizeVisual sets visualSent even when it emits nothing). The snapshot
+    // then goes out at the next flush as a plain `player` batch (seq 1) followed by an `assets`
+    // batch, and the session has no visual batch at all: this test failed on that as
+    // `left: (1, "player")` when it demanded a visual first batch. What holds either way is
+    // asserted here. check_run has already found every part of every batch stored byte for
+    // byte on its topic (a visual batch split at `split`), and tests/protocol.rs
+    // (fixture_batches_read_back_byte_identical) stores a captured visual batch every run.
     let first = sent.iter().min_by_key(|b| b.seq).unwrap();
-    assert_eq!((first.seq, first.data_type.as_str()), (1, "visual"));
-    let split = first.split.expect("a visual batch carries split=");
-    assert_eq!(batch_version(&first.body[..split]), 2, "player part");
-    assert_eq!(batch_version(&first.body[split..]), 3, "assets part");
+    assert_eq!(first.seq, 1, "the page's first batch was sent");
+    assert!(
+        sent.iter()
+            .filter(|b| b.data_type == "visual")
+            .all(|b| b.seq == 1),
+        "a visual batch is only ever the page's first"
+    );
+    let snapshot_assets: &[u8] = match first.data_type.as_str() {
+        "visual" => {
+            let split = first.split.expect("a visual batch carries split=");
+            assert_eq!(batch_version(&first.body[..split]), 2, "player part");
+            assert_eq!(batch_version(&first.body[split..]), 3, "assets part");
+            &first.body[split..]
+        }
+        "player" => {
+            // The first flush beat the first commit: the snapshot's assets went in the
+            // first assets batch.
+            let assets = sent
+                .iter()
+                .filter(|b| b.data_type == "assets")
+                .min_by_key(|b| b.seq)
+                .expect("an assets batch after the snapshot");
+            &assets.body
+        }
+        other => panic!("the first batch is {other}, neither visual nor player"),
+    };
+    assert!(
+        sent.iter()
+            .all(|b| b.split.is_none() || b.data_type == "visual"),
+        "only a visual batch carries split="
+    );
+    let snapshot_player = first.parts()[0].1;
+    assert!(
+        has_message(snapshot_player, MSG_CREATE_DOCUMENT, b""),
+        "the first batch's raw part holds the DOM snapshot (CreateDocument)"
+    );
+    assert!(
+        has_message(
+            snapshot_assets,
+            MSG_SET_NODE_ATTRIBUTE_URL_BASED,
+            b"/page/style.css"
+        ),
+        "the snapshot's stylesheet link went to raw-assets"
+    );
 
     let types: BTreeSet<&str> = sent.iter().map(|b| b.data_type.as_str()).collect();
-    for wanted in ["visual", "player", "assets", "devtools", "analytics"] {
+    for wanted in ["player", "assets", "devtools", "analytics"] {
         assert!(types.contains(wanted), "no {wanted} batch among {types:?}");
     }
     for record in records.iter().filter(|r| r.session == session) {
@@ -517,7 +586,10 @@ fn protocol_v2_cross_origin_batches_land_on_raw_and_raw_assets() {
             other => panic!("unexpected record {other:?}"),
         }
     }
-    eprintln!("e2e pv2 (cross-origin): {figures}");
+    eprintln!(
+        "e2e pv2 (cross-origin): {figures}; first batch {}",
+        first.data_type
+    );
 }
 
 #[test]
