@@ -149,10 +149,7 @@ fn crash_recovery_truncates_a_torn_tail_and_skips_a_damaged_record() {
     // original as soon as it is recovered): sealed at its last good record.
     let copy = tempfile::tempdir().unwrap();
     std::fs::create_dir(copy.path().join("segments")).unwrap();
-    let copied = copy
-        .path()
-        .join("segments")
-        .join(path.file_name().unwrap());
+    let copied = copy.path().join("segments").join(path.file_name().unwrap());
     std::fs::copy(&path, &copied).unwrap();
     let recovered = replay_ingest::log::recover(copy.path()).unwrap();
     assert_eq!((recovered.corrupt, recovered.torn_tails), (1, 1));

@@ -571,9 +571,15 @@ fn mobile_start_batches_late_and_images() {
         .unwrap();
     assert!(status.success());
     let session_dir = out.path().join("mobile-key").join(sid.to_string());
-    assert_eq!(std::fs::read(session_dir.join("raw-ios")).unwrap(), expected);
+    assert_eq!(
+        std::fs::read(session_dir.join("raw-ios")).unwrap(),
+        expected
+    );
     for (name, data) in &files {
-        assert_eq!(&std::fs::read(session_dir.join("images").join(name)).unwrap(), data);
+        assert_eq!(
+            &std::fs::read(session_dir.join("images").join(name)).unwrap(),
+            data
+        );
     }
 
     // Not multipart: 415.
