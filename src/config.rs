@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactorConfig;
-use crate::log::LogConfig;
+use crate::log::{BudgetSetting, LogConfig};
 
 /// Everything a node needs to run, validated.
 #[derive(Clone, Debug)]
@@ -41,7 +41,8 @@ pub struct Config {
     pub segment_size: u64,
     pub segment_max_age: Duration,
     pub prefault_window: usize,
-    pub retain_bytes: Option<u64>,
+    /// What the data directory may hold.
+    pub disk_budget: BudgetSetting,
     /// Compacted data older than this is deleted.
     pub retention: Duration,
     pub geoip_db: Option<PathBuf>,
@@ -110,9 +111,13 @@ pub struct ServeArgs {
     /// Age at which a non-empty segment is sealed (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub segment_max_age: Option<Duration>,
-    /// Bytes of sealed segments kept; the oldest beyond are forced out even if a consumer has
-    /// not read them (default: no limit; segments go once every consumer has them).
-    #[arg(long)]
+    /// What the data directory may hold: a size (`50GiB`) or a share of its file system
+    /// (`80%`, the default). Over it, the oldest compacted data goes first, then unconsumed
+    /// segments (loudly); with nothing left to retire, new records get 503.
+    #[arg(long, value_parser = BudgetSetting::parse)]
+    pub disk_budget: Option<BudgetSetting>,
+    /// Older name of `--disk-budget N` (bytes).
+    #[arg(long, hide = true)]
     pub retain_bytes: Option<u64>,
     /// How long compacted data is kept (default 72h).
     #[arg(long, value_parser = parse_duration)]
@@ -154,11 +159,28 @@ struct FileConfig {
     segment_size: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     segment_max_age: Option<Duration>,
+    #[serde(default, deserialize_with = "budget_opt")]
+    disk_budget: Option<BudgetSetting>,
     retain_bytes: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     retention: Option<Duration>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
+}
+
+fn budget_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BudgetSetting>, D::Error> {
+    // A number is bytes; a string is parsed like the flag.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Budget {
+        Bytes(u64),
+        Text(String),
+    }
+    Ok(match Option::<Budget>::deserialize(d)? {
+        None => None,
+        Some(Budget::Bytes(n)) => Some(BudgetSetting::Bytes(n)),
+        Some(Budget::Text(t)) => Some(BudgetSetting::parse(&t).map_err(serde::de::Error::custom)?),
+    })
 }
 
 mod humantime_opt {
@@ -297,7 +319,12 @@ impl Config {
                 .or(f.segment_max_age)
                 .unwrap_or(LogConfig::DEFAULT_SEGMENT_MAX_AGE),
             prefault_window: LogConfig::DEFAULT_PREFAULT_WINDOW,
-            retain_bytes: a.retain_bytes.or(f.retain_bytes),
+            disk_budget: a
+                .disk_budget
+                .or(a.retain_bytes.map(BudgetSetting::Bytes))
+                .or(f.disk_budget)
+                .or(f.retain_bytes.map(BudgetSetting::Bytes))
+                .unwrap_or(BudgetSetting::DEFAULT),
             retention: a
                 .retention
                 .or(f.retention)
@@ -335,7 +362,7 @@ impl Config {
             segment_size: self.segment_size,
             segment_max_age: self.segment_max_age,
             prefault_window: self.prefault_window,
-            retain_bytes: self.retain_bytes,
+            disk_budget: Some(self.disk_budget),
         }
     }
 
@@ -460,12 +487,21 @@ mod tests {
         assert!(!c.use_cors);
         assert_eq!(c.beacon_size_limit, 1_000_000);
         assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.log_config().retain_bytes, Some(1 << 30));
+        // The older retain_bytes is a disk budget in bytes.
+        assert_eq!(
+            c.log_config().disk_budget,
+            Some(BudgetSetting::Bytes(1 << 30))
+        );
         assert_eq!(
             Config::merge(&args, FileConfig::default())
                 .unwrap()
-                .retain_bytes,
-            None
+                .disk_budget,
+            BudgetSetting::DEFAULT
+        );
+        let file: FileConfig = toml::from_str("disk_budget = \"60%\"").unwrap();
+        assert_eq!(
+            Config::merge(&args, file).unwrap().disk_budget,
+            BudgetSetting::Percent(60.0)
         );
     }
 

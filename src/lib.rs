@@ -6,7 +6,11 @@
 //! socket bytes -> net (mio worker loop, one per core) -> http (httparse head, body framing, limits)
 //!   -> routes (one handler per endpoint; token check; start/batch/images)
 //!   -> log (this worker's memory-mapped segment; one copy of the body, framed and checksummed)
-//!   -> sealed segment -> (compaction, forwarders: later)
+//!   == 200 ==  (the request path ends here; everything below reads the log as a consumer)
+//!   -> log consumers (named, durable cursors; retention waits for all of them)
+//!        -> compact (its own thread: validate, quarantine, group by session, zstd + index)
+//!        -> (forwarders to Redis Streams / Kafka, the database writer: next)
+//! admin: health (heartbeats, disk budget, consumer lags), read by the routes
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -14,6 +18,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod codec;
 pub mod compact;
 pub mod config;

@@ -11,6 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use replay_ingest::admin::health::DEFAULT_READY_MAX_LAG;
+use replay_ingest::admin::Health;
 use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
 use replay_ingest::geo::GeoDb;
@@ -148,20 +150,26 @@ fn serve(args: &ServeArgs) -> Result<()> {
         summary.truncated_bytes
     );
 
-    // Consumers register before traffic flows, so retention keeps what each has not read.
+    // Every loop beats; liveness and readiness look at the beats, the budget and the lags.
     let registry = Arc::clone(segments.consumers());
+    let mut health = Health::new(Arc::clone(&registry), DEFAULT_READY_MAX_LAG);
+    for worker in 0..workers {
+        health.heartbeat(&format!("worker-{worker}"));
+    }
+    // Consumers register before traffic flows, so retention keeps what each has not read.
     let compactor_events = {
         let (tx, rx) = crossbeam_channel::bounded(compact::compactor::EVENT_QUEUE);
         registry.listen_for_seals(tx.clone());
         let consumer = registry.register(compact::compactor::CONSUMER_NAME)?;
-        let compactor = Compactor::start(consumer, rx, config.compactor_config())
+        let beat = health.heartbeat("compactor");
+        let compactor = Compactor::start(consumer, rx, config.compactor_config(), beat)
             .context("cannot start the compactor")?;
         (tx, compactor)
     };
     registry.registration_complete();
 
     let segments = Arc::new(segments);
-    let node = NodeState::new(config, projects, &secret, geo);
+    let node = NodeState::new(config, projects, &secret, geo, health);
 
     // A first signal asks for a graceful stop; a second one while stopping exits at once.
     let stop = Arc::new(AtomicBool::new(false));

@@ -78,7 +78,17 @@ fn warm_batch_path_does_not_allocate() {
     };
     let config = Config::load(&args).unwrap();
     let segments = SegmentService::start(config.log_config(), 1).unwrap();
-    let node = NodeState::new(config, Projects::demo("k".into()), SECRET.as_bytes(), None);
+    let health = replay_ingest::admin::Health::new(
+        Arc::clone(segments.consumers()),
+        replay_ingest::admin::health::DEFAULT_READY_MAX_LAG,
+    );
+    let node = NodeState::new(
+        config,
+        Projects::demo("k".into()),
+        SECRET.as_bytes(),
+        None,
+        health,
+    );
     let server = Server::start(node, Arc::new(segments)).unwrap();
 
     let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {

@@ -190,7 +190,9 @@ fn malformed_batches_are_quarantined_with_their_reason() {
             .any(|r| r.contains("does not start with a batch meta")),
         "{reasons:?}"
     );
-    assert!(lines.iter().all(|l| l["session"].as_str() == Some(sid.to_string().as_str())));
+    assert!(lines
+        .iter()
+        .all(|l| l["session"].as_str() == Some(sid.to_string().as_str())));
     let out = cat(dir, sid, None);
     assert!(out.ends_with(&good), "the good batch stays");
     assert!(

@@ -108,14 +108,18 @@ impl Harness {
                 segment_size: 4 << 20,
                 segment_max_age: Duration::from_secs(3600),
                 prefault_window: 0,
-                retain_bytes: None,
+                disk_budget: None,
             },
             1,
         )
         .expect("segment service");
         let log = service.writer(0).expect("writer");
         let projects = Projects::from_json(PROJECTS, "fuzz").expect("projects");
-        let node = NodeState::new(config, projects, SECRET.as_bytes(), None);
+        let health = replay_ingest::admin::Health::new(
+            std::sync::Arc::clone(service.consumers()),
+            replay_ingest::admin::health::DEFAULT_READY_MAX_LAG,
+        );
+        let node = NodeState::new(config, projects, SECRET.as_bytes(), None, health);
         Harness {
             node,
             log,

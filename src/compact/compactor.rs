@@ -36,8 +36,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::format::{self, CompactRecord, CompactedWriter, COMPACTED_DIR};
+use super::format::{self, CompactRecord, CompactedFileName, CompactedWriter, COMPACTED_DIR};
 use super::validate::check_record;
+use crate::admin::Heartbeat;
+use crate::log::budget::dir_bytes;
+use crate::log::DiskBudget;
 use crate::log::{Consumer, Cursor, LogError, Position, SealedSegment, SegmentEvent, SegmentName};
 
 /// The compactor's name as a consumer of the log (its cursor file is `consumers/compactor.cursor`).
@@ -47,8 +50,9 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 /// Bytes of input segments one run takes at most: the writer holds a run's records in memory,
 /// and 256 MiB is four default segments, enough to group a busy minute's sessions together.
 pub const RUN_BYTES: u64 = 256 << 20;
-/// How often retention by age is checked when no segment arrives.
-pub const RETENTION_CHECK: Duration = Duration::from_secs(10);
+/// How often retention (age, disk budget) is checked: the budget must follow the disk closely,
+/// and a check reads only the directory entries of new files.
+pub const RETENTION_CHECK: Duration = Duration::from_secs(1);
 /// Events queued for the compactor; a seal that finds the queue full is picked up by the next
 /// run anyway (the events are wake-ups, the consumer API says what is sealed).
 pub const EVENT_QUEUE: usize = 64;
@@ -107,9 +111,10 @@ impl Compactor {
         consumer: Consumer,
         events: Receiver<SegmentEvent>,
         config: CompactorConfig,
+        heartbeat: Arc<Heartbeat>,
     ) -> io::Result<Compactor> {
         let stats = Arc::new(CompactorStats::default());
-        let mut state = State::open(consumer, config, Arc::clone(&stats))?;
+        let mut state = State::open(consumer, config, Arc::clone(&stats), heartbeat)?;
         let thread = std::thread::Builder::new()
             .name("compactor".into())
             .spawn(move || state.run(&events))?;
@@ -135,6 +140,9 @@ impl Compactor {
 
 struct State {
     consumer: Consumer,
+    heartbeat: Arc<Heartbeat>,
+    /// Every compacted file, oldest first.
+    files: Vec<KnownFile>,
     config: CompactorConfig,
     compacted_dir: PathBuf,
     quarantine_dir: PathBuf,
@@ -148,6 +156,7 @@ impl State {
         mut consumer: Consumer,
         config: CompactorConfig,
         stats: Arc<CompactorStats>,
+        heartbeat: Arc<Heartbeat>,
     ) -> io::Result<State> {
         let compacted_dir = config.data_dir.join(COMPACTED_DIR);
         let quarantine_dir = config.data_dir.join(QUARANTINE_DIR);
@@ -166,8 +175,14 @@ impl State {
                 consumer.save()?;
             }
         }
+        let mut files = Vec::new();
+        for name in format::list_compacted(&compacted_dir)? {
+            files.push(KnownFile::read(&compacted_dir, name)?);
+        }
         Ok(State {
             consumer,
+            heartbeat,
+            files,
             config,
             compacted_dir,
             quarantine_dir,
@@ -179,9 +194,12 @@ impl State {
         let mut next_retention = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
+            self.heartbeat.beat();
             match self.compact_available() {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    // The segments of the failed run are read again on the next try.
+                    self.consumer.rewind();
                     log::error!("compactor: {e}; retrying in {backoff:?}");
                     if matches!(events.recv_timeout(backoff), Ok(SegmentEvent::Shutdown)) {
                         break;
@@ -191,7 +209,7 @@ impl State {
                 }
             }
             if Instant::now() >= next_retention {
-                if let Err(e) = self.expire() {
+                if let Err(e) = self.retain() {
                     log::error!("compactor: retention: {e}");
                 }
                 next_retention = Instant::now() + RETENTION_CHECK;
@@ -264,7 +282,18 @@ impl State {
         }
         // Written even when every record was quarantined: its header is what tells readers
         // (and a restarted compactor) that these segments are done with.
-        let file_bytes = writer.finish()?.file_bytes;
+        let info = writer.finish()?;
+        let file_bytes = info.file_bytes;
+        let name = info
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(CompactedFileName::parse);
+        if let Some(name) = name {
+            let known = KnownFile::read(&self.compacted_dir, name)?;
+            let at = self.files.partition_point(|f| f.name < name);
+            self.files.insert(at, known);
+        }
         // Only now, with the output durable, may the inputs go.
         self.consumer.commit(&cursor);
         self.consumer.save()?;
@@ -333,43 +362,105 @@ impl State {
         File::open(&self.quarantine_dir)?.sync_all()
     }
 
-    /// Deletes compacted files whose newest record is older than the retention period.
-    fn expire(&mut self) -> io::Result<()> {
-        let horizon =
-            unix_ms(SystemTime::now()).saturating_sub(self.config.retention.as_millis() as u64);
-        for name in format::list_compacted(&self.compacted_dir)? {
-            if name.last_arrival_ms >= horizon {
-                continue;
-            }
-            let path = self.compacted_dir.join(name.file_name());
-            // While an input segment is still there (another consumer holds it), this file is
-            // what tells readers its records were compacted: it stays until the segment goes.
-            let header = match format::read_header(&path) {
-                Ok(header) => header,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if header
+    /// Retention of compacted data: files whose newest record is older than the retention
+    /// period go, and then, while the data directory is over its disk budget, the oldest files
+    /// go whatever their age. A file whose input segments are still in the log stays either
+    /// way: it is what tells readers those records were compacted. Publishes what the compacted
+    /// and quarantine files take, and how much of it could still go, for the segment service.
+    fn retain(&mut self) -> io::Result<()> {
+        for file in self.files.iter_mut().filter(|f| !f.inputs_gone) {
+            // Sequences are never reused, so once gone the inputs stay gone.
+            file.inputs_gone = !file
                 .inputs
                 .iter()
-                .any(|&segment| self.consumer.segment_present(segment))
-            {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
+                .any(|&segment| self.consumer.segment_present(segment));
+        }
+        let horizon =
+            unix_ms(SystemTime::now()).saturating_sub(self.config.retention.as_millis() as u64);
+        let retention = self.config.retention;
+        let mut i = 0;
+        while i < self.files.len() {
+            let file = &self.files[i];
+            if file.inputs_gone && file.name.last_arrival_ms < horizon {
+                let file = self.files.remove(i);
+                if self.delete(&file)? {
                     log::info!(
-                        "retention: {} expired (older than {:?})",
-                        name.file_name(),
-                        self.config.retention
+                        "retention: {} expired (older than {})",
+                        file.name.file_name(),
+                        humantime::format_duration(retention)
                     );
                     self.stats.expired_files.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            } else {
+                i += 1;
             }
         }
+        let budget = Arc::clone(self.consumer.budget());
+        self.publish_usage(&budget)?;
+        while budget.excess() > 0 {
+            let Some(i) = self.files.iter().position(|f| f.inputs_gone) else {
+                break;
+            };
+            let file = self.files.remove(i);
+            if self.delete(&file)? {
+                log::warn!(
+                    "disk budget: {} deleted before its retention period ended ({} of {} bytes \
+                     used)",
+                    file.name.file_name(),
+                    budget.used(),
+                    budget.limit()
+                );
+                budget.compacted_deleted.fetch_add(1, Ordering::Relaxed);
+            }
+            self.publish_usage(&budget)?;
+        }
         Ok(())
+    }
+
+    fn publish_usage(&self, budget: &DiskBudget) -> io::Result<()> {
+        let compacted: u64 = self.files.iter().map(|f| f.bytes).sum();
+        let deletable: u64 = self
+            .files
+            .iter()
+            .filter(|f| f.inputs_gone)
+            .map(|f| f.bytes)
+            .sum();
+        let quarantine = dir_bytes(&self.quarantine_dir)?;
+        budget.publish_other(compacted + quarantine, deletable);
+        Ok(())
+    }
+
+    /// Deletes a compacted file; false if it was gone already.
+    fn delete(&self, file: &KnownFile) -> io::Result<bool> {
+        match std::fs::remove_file(self.compacted_dir.join(file.name.file_name())) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A compacted file the compactor keeps track of for retention.
+struct KnownFile {
+    name: CompactedFileName,
+    /// Bytes on disk.
+    bytes: u64,
+    inputs: Vec<SegmentName>,
+    /// None of its input segments is in the log any more.
+    inputs_gone: bool,
+}
+
+impl KnownFile {
+    fn read(dir: &Path, name: CompactedFileName) -> io::Result<KnownFile> {
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join(name.file_name());
+        let header = format::read_header(&path)?;
+        Ok(KnownFile {
+            name,
+            bytes: std::fs::metadata(&path)?.blocks() * 512,
+            inputs: header.inputs,
+            inputs_gone: false,
+        })
     }
 }
 

@@ -141,6 +141,9 @@ const OK_EMPTY_CORS_GET_POST: &[u8] = concat!(
 .as_bytes();
 
 const JSON_CONTENT_TYPE: &[u8] = b"Content-Type: application/json\r\n";
+/// A 503 says when to come back: storage refusals clear within a budget check or two (a
+/// quarter second each), so one second, the smallest value the header can say.
+const JSON_RETRY_AFTER: &[u8] = b"Content-Type: application/json\r\nRetry-After: 1\r\n";
 /// Browsers cache the preflight answer this long (Chromium caps it at 2 h): one preflight per
 /// URL instead of one per batch where the URL repeats.
 const PREFLIGHT_CACHE: &[u8] = b"Cache-Control: max-age=86400\r\n";
@@ -173,7 +176,12 @@ pub fn write_error(out: &mut Vec<u8>, status: Status, opts: ResponseOptions, mes
     }
     out.extend_from_slice(b"}");
     let body_len = out.len() - start;
-    write_head(out, status, opts, JSON_CONTENT_TYPE, body_len);
+    let extra = if status == Status::ServiceUnavailable {
+        JSON_RETRY_AFTER
+    } else {
+        JSON_CONTENT_TYPE
+    };
+    write_head(out, status, opts, extra, body_len);
     if let Some(response) = out.get_mut(start..) {
         response.rotate_left(body_len);
     }

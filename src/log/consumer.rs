@@ -66,6 +66,7 @@ use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
+use crate::log::budget::DiskBudget;
 use crate::log::format::{
     RecordHeader, SegmentHeader, SegmentName, RECORD_CRC_START, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_END, STATE_PENDING,
@@ -266,6 +267,18 @@ pub struct ConsumerState {
     /// The cursor last committed in memory.
     committed: Mutex<Cursor>,
     pub skipped: SkipCounters,
+    /// Sealed segments its saved cursor is not past, as the segment service last counted.
+    lag: Mutex<SegmentLag>,
+}
+
+/// What a consumer has not passed yet, in sealed segments (open segments are not counted: a
+/// consumer is never expected to be past those).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentLag {
+    pub segments: u64,
+    pub bytes: u64,
+    /// How long ago the oldest of them was sealed.
+    pub oldest_sealed_for: Duration,
 }
 
 impl ConsumerState {
@@ -276,10 +289,19 @@ impl ConsumerState {
     pub fn committed(&self) -> Cursor {
         self.committed.lock().clone()
     }
+
+    pub fn lag(&self) -> SegmentLag {
+        *self.lag.lock()
+    }
+
+    pub(crate) fn set_lag(&self, lag: SegmentLag) {
+        *self.lag.lock() = lag;
+    }
 }
 
 /// The consumers of one node's log, their saved cursors, and the wake-up they wait on.
 pub struct ConsumerRegistry {
+    budget: Arc<DiskBudget>,
     data_dir: PathBuf,
     segments_dir: PathBuf,
     consumers: Mutex<Vec<Arc<ConsumerState>>>,
@@ -294,9 +316,14 @@ pub struct ConsumerRegistry {
 }
 
 impl ConsumerRegistry {
-    pub(crate) fn new(data_dir: &Path, segments_dir: &Path) -> io::Result<Arc<Self>> {
+    pub(crate) fn new(
+        data_dir: &Path,
+        segments_dir: &Path,
+        budget: DiskBudget,
+    ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir.join(CONSUMERS_DIR))?;
         Ok(Arc::new(ConsumerRegistry {
+            budget: Arc::new(budget),
             data_dir: data_dir.to_path_buf(),
             segments_dir: segments_dir.to_path_buf(),
             consumers: Mutex::new(Vec::new()),
@@ -322,6 +349,7 @@ impl ConsumerRegistry {
             saved: Mutex::new((cursor.clone(), saved_at)),
             committed: Mutex::new(cursor.clone()),
             skipped: SkipCounters::default(),
+            lag: Mutex::new(SegmentLag::default()),
         });
         {
             let mut consumers = self.consumers.lock();
@@ -341,6 +369,12 @@ impl ConsumerRegistry {
             last_save: Instant::now(),
             save_interval: DEFAULT_SAVE_INTERVAL,
         })
+    }
+
+    /// The node's disk budget: the compactor publishes what its files take and frees them
+    /// first; the segment service does the rest (see `budget`).
+    pub fn budget(&self) -> &Arc<DiskBudget> {
+        &self.budget
     }
 
     /// Every registered consumer.
@@ -443,6 +477,11 @@ impl Consumer {
         self.save_interval = interval;
     }
 
+    /// The node's disk budget (see `budget`).
+    pub fn budget(&self) -> &Arc<DiskBudget> {
+        self.registry.budget()
+    }
+
     /// Whether `segment` is still in the log (not retired, not forced out).
     pub fn segment_present(&self, segment: SegmentName) -> bool {
         self.registry
@@ -462,6 +501,14 @@ impl Consumer {
         self.committed.advance_to(cursor);
         self.read_to.advance_to(cursor);
         *self.state.committed.lock() = self.committed.clone();
+    }
+
+    /// Forgets what was read since the last commit: the next read starts at the committed
+    /// cursor again. For an owner whose work on what it read failed (a full disk, a queue
+    /// down) and that will try again.
+    pub fn rewind(&mut self) {
+        self.read_to = self.committed.clone();
+        self.streams.clear();
     }
 
     /// Saves the committed cursor if it moved and the save interval has passed.

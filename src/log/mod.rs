@@ -17,6 +17,7 @@
 //! `unsafe`; `scan` classifies a segment's records (shared by recovery and readers); `writer`
 //! is the hot path; `service` the background thread; `recovery` and `reader` the rest.
 
+pub mod budget;
 pub mod consumer;
 pub mod format;
 #[allow(unsafe_code)]
@@ -33,8 +34,10 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use budget::{BudgetSetting, DiskBudget};
 pub use consumer::{
-    Consumer, ConsumerRegistry, Cursor, Lag, LogRecord, Position, SealedSegment, SegmentEvent,
+    Consumer, ConsumerRegistry, ConsumerState, Cursor, Lag, LogRecord, Position, SealedSegment,
+    SegmentEvent, SegmentLag,
 };
 pub use format::{HeaderError, SegmentHeader, SegmentName};
 pub use reader::{read_records, StoredRecord};
@@ -124,10 +127,8 @@ pub struct LogConfig {
     pub segment_max_age: Duration,
     /// How far ahead of a writer's cursor pages are pre-faulted; 0 turns pre-faulting off.
     pub prefault_window: usize,
-    /// Sealed segments kept, in bytes: beyond it the oldest are forced out (reused as spare
-    /// files or deleted) even before every consumer read them. `None`: no such limit; segments
-    /// go once every consumer is past them.
-    pub retain_bytes: Option<u64>,
+    /// What the data directory may hold (see `budget`); `None`: no limit but the disk's.
+    pub disk_budget: Option<BudgetSetting>,
 }
 
 impl LogConfig {
@@ -148,7 +149,7 @@ impl LogConfig {
             segment_size: Self::DEFAULT_SEGMENT_SIZE,
             segment_max_age: Self::DEFAULT_SEGMENT_MAX_AGE,
             prefault_window: Self::DEFAULT_PREFAULT_WINDOW,
-            retain_bytes: None,
+            disk_budget: None,
         }
     }
 
@@ -187,4 +188,6 @@ pub enum LogError {
     Worker(u16),
     #[error("the segment directory is locked by another running node")]
     Locked,
+    #[error("the disk budget is used up")]
+    Full,
 }

@@ -19,9 +19,14 @@
 //!
 //! A file is taken only when nothing else has it open (a write lease; see `mmap`): a segment
 //! moved there too early (its writer or the service still holding it) or one still being copied
-//! in waits until it is let go. With `retain_bytes` set, the service itself retires the
-//! oldest sealed segments once they add up to more than that (a retention limit, as a queue
-//! has; until segments are forwarded, what it retires is gone).
+//! in waits until it is let go.
+//!
+//! # Retention
+//!
+//! A sealed segment is retired (into `spare/` while the pool has room, deleted beyond) once
+//! every registered consumer's saved cursor is past it (`consumer`). Over the disk budget
+//! (`budget`), when the compactor has nothing left to delete, spare files are deleted and then
+//! the oldest sealed segments are forced out unconsumed, each logged at error level and counted.
 //!
 //! Each worker has at most one prepared segment in flight (its writer asks for the next one when
 //! it takes one), so the service never blocks sending to a worker. Commands are handled in order:
@@ -40,7 +45,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::log::consumer::{self, ConsumerRegistry};
+use crate::log::budget::{dir_bytes, DiskBudget};
+use crate::log::consumer::{self, ConsumerRegistry, SegmentLag};
 use crate::log::format::{self, SegmentHeader, SegmentName, SEGMENT_HEADER_LEN};
 use crate::log::mmap::{self, Region, SegmentMap};
 use crate::log::recovery::{self, RecoverySummary};
@@ -108,7 +114,6 @@ pub(crate) struct Shared {
     pub retired: AtomicU64,
     /// Sealed segments some consumer had not read, forced out by the retention limit.
     pub forced_out: AtomicU64,
-    retain_bytes: Option<u64>,
     pub consumers: Arc<ConsumerRegistry>,
 }
 
@@ -164,6 +169,7 @@ impl Shared {
         if made.is_err() {
             let _ = std::fs::remove_file(&prep_path);
         }
+        self.consumers.budget().set_storage_error(made.is_err());
         made
     }
 
@@ -247,7 +253,11 @@ impl SegmentService {
         let summary = recovery::recover_locked(&segments_dir)?;
         let next_seqs = next_seqs(&segments_dir, &cfg.dir)?;
         let retained = Retained::scan(&segments_dir)?;
-        let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir)?;
+        let limit = match cfg.disk_budget {
+            Some(setting) => setting.resolve(&cfg.dir)?,
+            None => u64::MAX,
+        };
+        let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir, DiskBudget::new(limit))?;
 
         let (commands, command_rx) = bounded(COMMAND_QUEUE);
         let workers = (0..workers)
@@ -273,7 +283,6 @@ impl SegmentService {
             created: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             forced_out: AtomicU64::new(0),
-            retain_bytes: cfg.retain_bytes,
             consumers,
         });
         let thread_shared = Arc::clone(&shared);
@@ -401,12 +410,12 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
     // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
     let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
     loop {
-        let timeout = if !deferred.is_empty() {
-            DEFERRED_SEAL_RETRY
-        } else if !retained.segments.is_empty() {
+        // Retention and the budget are checked four times a second even when idle: the
+        // consumers' saves and the other files' growth come from other threads.
+        let timeout = if deferred.is_empty() {
             RETIRE_CHECK
         } else {
-            Duration::from_secs(3600)
+            DEFERRED_SEAL_RETRY
         };
         let command = match commands.recv_timeout(timeout) {
             Ok(command) => Some(command),
@@ -491,8 +500,11 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
 /// out by the retention limit.
 #[derive(Default)]
 struct Retained {
-    segments: VecDeque<(SegmentName, PathBuf, u64)>,
+    /// Name, path, sealed length, and when it was sealed (for start-up: when it was found).
+    segments: VecDeque<(SegmentName, PathBuf, u64, std::time::Instant)>,
     bytes: u64,
+    /// When the disk budget was last checked (it reads the directory: not on every command).
+    budget_checked: Option<std::time::Instant>,
 }
 
 impl Retained {
@@ -520,47 +532,109 @@ impl Retained {
         let bytes = found.iter().map(|(_, _, len)| len).sum();
         let segments = found
             .into_iter()
-            .map(|((_, name), p, len)| (name, p, len))
+            .map(|((_, name), p, len)| (name, p, len, std::time::Instant::now()))
             .collect();
-        Ok(Retained { segments, bytes })
+        Ok(Retained {
+            segments,
+            bytes,
+            budget_checked: None,
+        })
     }
 
     fn push(&mut self, shared: &Shared, name: SegmentName, path: PathBuf, len: u64) {
-        self.segments.push_back((name, path, len));
+        self.segments
+            .push_back((name, path, len, std::time::Instant::now()));
         self.bytes += len;
         self.enforce(shared);
     }
 
-    /// Retires every segment all consumers have passed (saved cursors), then, while more than
-    /// the retention limit is kept, the oldest ones whatever the consumers say (loudly).
+    /// Retires every segment all consumers have passed (saved cursors), then enforces the disk
+    /// budget (at most every [`RETIRE_CHECK`]).
     fn enforce(&mut self, shared: &Shared) {
         let before = self.segments.len();
         let mut kept = VecDeque::with_capacity(before);
-        for (name, path, len) in std::mem::take(&mut self.segments) {
+        for (name, path, len, sealed_at) in std::mem::take(&mut self.segments) {
             if shared.consumers.all_past(name) {
                 self.bytes -= len;
                 retire(shared, &path);
                 shared.retired.fetch_add(1, Ordering::Relaxed);
             } else {
-                kept.push_back((name, path, len));
+                kept.push_back((name, path, len, sealed_at));
             }
         }
         self.segments = kept;
-        let Some(limit) = shared.retain_bytes else {
+        let now = std::time::Instant::now();
+        if self
+            .budget_checked
+            .is_some_and(|at| now.duration_since(at) < RETIRE_CHECK)
+        {
             return;
-        };
-        while self.bytes > limit {
-            let Some((name, path, len)) = self.segments.pop_front() else {
-                break;
-            };
-            self.bytes -= len;
-            log::error!(
-                "retention limit: {} forced out before every consumer read it",
-                name.file_name()
-            );
-            retire(shared, &path);
-            shared.forced_out.fetch_add(1, Ordering::Relaxed);
         }
+        self.budget_checked = Some(now);
+        self.publish_lags(shared, now);
+        if let Err(e) = self.enforce_budget(shared) {
+            log::error!("disk budget: {e}");
+        }
+    }
+
+    /// Counts, for each consumer, the sealed segments its saved cursor is not past.
+    fn publish_lags(&self, shared: &Shared, now: std::time::Instant) {
+        for consumer in shared.consumers.consumers() {
+            let (cursor, _) = consumer.saved();
+            let mut lag = SegmentLag::default();
+            for (name, _, len, sealed_at) in &self.segments {
+                if !cursor.is_past(*name) {
+                    lag.segments += 1;
+                    lag.bytes += len;
+                    lag.oldest_sealed_for = lag
+                        .oldest_sealed_for
+                        .max(now.saturating_duration_since(*sealed_at));
+                }
+            }
+            consumer.set_lag(lag);
+        }
+    }
+
+    /// Publishes what the segment files take; over the budget, and once the compactor has
+    /// nothing left to delete, deletes spare files and then forces out the oldest sealed
+    /// segments; sets the budget's `full` flag when nothing is left to retire.
+    fn enforce_budget(&mut self, shared: &Shared) -> io::Result<()> {
+        let budget = shared.consumers.budget();
+        let spare_dir = shared.spare_dir();
+        let measure =
+            || -> io::Result<u64> { Ok(dir_bytes(&shared.segments_dir)? + dir_bytes(&spare_dir)?) };
+        budget.publish_segments(measure()?);
+        if budget.excess() > 0 && !budget.others_can_free() {
+            for spare in list_spares(&spare_dir)? {
+                if budget.excess() == 0 {
+                    break;
+                }
+                if std::fs::remove_file(&spare).is_ok() {
+                    budget.publish_segments(measure()?);
+                }
+            }
+            while budget.excess() > 0 {
+                let Some((name, path, len, _)) = self.segments.pop_front() else {
+                    break;
+                };
+                self.bytes -= len;
+                log::error!(
+                    "disk budget: {} forced out before every consumer read it ({} bytes of \
+                     records lost to them)",
+                    name.file_name(),
+                    len
+                );
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                shared.forced_out.fetch_add(1, Ordering::Relaxed);
+                budget.publish_segments(measure()?);
+            }
+        }
+        budget.set_full(budget.excess() > 0 && self.segments.is_empty());
+        Ok(())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::log::format::{
 };
 use crate::log::mmap::{Region, SegmentMap};
 use crate::log::service::{Command, PreparedSegment, SealJob, Shared};
-use crate::log::{LogError, RecordMeta};
+use crate::log::{DiskBudget, LogError, RecordMeta};
 
 /// How long a new writer waits for the segment the service prepares at start-up (a create and
 /// a fallocate: milliseconds) before making its own.
@@ -42,6 +42,7 @@ pub struct SegmentWriter {
     stalls: u64,
     /// Set when a record is committed (here or by a reservation), cleared by `end_turn`.
     committed: Rc<Cell<bool>>,
+    budget: Arc<DiskBudget>,
 }
 
 /// The segment the writer appends to.
@@ -99,6 +100,8 @@ impl SegmentWriter {
             Ok(Err(_)) | Err(_) => shared.prepare(worker, false)?,
         };
         let active = take_into_use(&shared, worker, prepared)?;
+        let shared_budget = shared.consumers.budget();
+        let budget = Arc::clone(shared_budget);
         let mut writer = SegmentWriter {
             shared,
             worker,
@@ -106,6 +109,7 @@ impl SegmentWriter {
             prepare_requested: false,
             stalls: 0,
             committed: Rc::new(Cell::new(false)),
+            budget,
         };
         writer.request_prepare();
         Ok(writer)
@@ -287,7 +291,11 @@ impl SegmentWriter {
     }
 
     /// Makes sure a record of `name` and `body_len` fits at the cursor, rolling if needed.
+    /// Refuses every record while the disk budget is used up (nothing is written).
     fn make_room(&mut self, name: &[u8], body_len: usize) -> Result<RecordShape, LogError> {
+        if self.budget.is_full() {
+            return Err(LogError::Full);
+        }
         let shape = RecordShape::new(name.len(), body_len)?;
         if shape.record_len > self.shared.capacity - SEGMENT_HEADER_LEN {
             return Err(LogError::TooLarge);

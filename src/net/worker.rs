@@ -17,6 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
+use crate::admin::Heartbeat;
 use crate::log::SegmentWriter;
 use crate::routes::{NodeState, WorkerCtx};
 
@@ -43,6 +44,8 @@ pub struct Worker {
     timeouts: Timeouts,
     refused_at_cap: u64,
     evicted_at_cap: u64,
+    /// Liveness: beaten once per loop turn (none in harnesses without health).
+    heartbeat: Option<Arc<Heartbeat>>,
 }
 
 impl Worker {
@@ -66,7 +69,6 @@ impl Worker {
             id,
             poll,
             listener: Some(listener),
-            node,
             log,
             stopping,
             conns: Slab::with_capacity(1024),
@@ -78,6 +80,8 @@ impl Worker {
             timeouts,
             refused_at_cap: 0,
             evicted_at_cap: 0,
+            heartbeat: node.health.heartbeat_of(&format!("worker-{id}")),
+            node,
         })
     }
 
@@ -113,6 +117,9 @@ impl Worker {
                 }
             }
             self.log.end_turn();
+            if let Some(beat) = &self.heartbeat {
+                beat.beat();
+            }
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + SWEEP_INTERVAL;

@@ -15,15 +15,17 @@ mod mobile;
 mod web;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admin::Health;
 use crate::config::Config;
 use crate::flake::SessionIdGenerator;
 use crate::geo::GeoDb;
 use crate::http::{
-    inflate_capped, write_empty, write_error, write_preflight, BodyFraming, InflateError, Method,
-    RequestHead, ResponseOptions, Status,
+    inflate_capped, write_empty, write_error, write_json, write_preflight, BodyFraming,
+    InflateError, Method, RequestHead, ResponseOptions, Status,
 };
 use crate::log::{RecordKind, RecordMeta, Reservation, SegmentWriter};
 use crate::project::{Project, Projects};
@@ -43,6 +45,7 @@ pub struct NodeState {
     pub sessions: SessionTable,
     /// Decoded bytes accepted on the batch routes.
     pub batch_limit: u64,
+    pub health: Health,
 }
 
 impl NodeState {
@@ -51,6 +54,7 @@ impl NodeState {
         projects: Projects,
         secret: &[u8],
         geo: Option<GeoDb>,
+        health: Health,
     ) -> Arc<NodeState> {
         let batch_limit = config
             .batch_size_limit()
@@ -64,6 +68,7 @@ impl NodeState {
             projects,
             geo,
             batch_limit,
+            health,
         })
     }
 }
@@ -88,6 +93,8 @@ pub struct WorkerCtx<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
+    HealthLive,
+    HealthReady,
     WebStart,
     WebBatch,
     WebNotStarted,
@@ -107,6 +114,8 @@ impl Route {
         let path = path.strip_prefix(b"/ingest").unwrap_or(path);
         let route = match path {
             b"/" | b"" => Route::Health,
+            b"/health/live" => Route::HealthLive,
+            b"/health/ready" => Route::HealthReady,
             b"/v1/web/start" => Route::WebStart,
             b"/v1/web/i" => Route::WebBatch,
             b"/v1/web/not-started" => Route::WebNotStarted,
@@ -127,7 +136,11 @@ impl Route {
 
     fn method(self) -> Method {
         match self {
-            Route::Health | Route::WebTags | Route::WebConditions(_) => Method::Get,
+            Route::Health
+            | Route::HealthLive
+            | Route::HealthReady
+            | Route::WebTags
+            | Route::WebConditions(_) => Method::Get,
             _ => Method::Post,
         }
     }
@@ -138,7 +151,11 @@ impl Route {
         match self {
             Route::WebBatch | Route::MobileBatch | Route::MobileLate => node.batch_limit,
             Route::WebImages | Route::MobileImages => c.file_size_limit,
-            Route::Health | Route::WebTags | Route::WebConditions(_) => 0,
+            Route::Health
+            | Route::HealthLive
+            | Route::HealthReady
+            | Route::WebTags
+            | Route::WebConditions(_) => 0,
             Route::WebStart
             | Route::MobileStart
             | Route::WebNotStarted
@@ -149,7 +166,12 @@ impl Route {
     fn needs_token(self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::WebStart | Route::MobileStart | Route::WebNotStarted
+            Route::Health
+                | Route::HealthLive
+                | Route::HealthReady
+                | Route::WebStart
+                | Route::MobileStart
+                | Route::WebNotStarted
         )
     }
 }
@@ -283,17 +305,36 @@ pub fn begin(
     let Some(route) = route else {
         return error(out, Status::NotFound, early, "not found");
     };
-    if head.method == Method::Options && route != Route::Health {
+    let probe = matches!(
+        route,
+        Route::Health | Route::HealthLive | Route::HealthReady
+    );
+    if head.method == Method::Options && !probe {
         write_preflight(out, early);
         return Begin::AnsweredSkipBody;
     }
     // Load balancers probe health with HEAD as often as with GET.
-    let health_head = route == Route::Health && head.method == Method::Head;
+    let health_head = probe && head.method == Method::Head;
     if head.method != route.method() && !health_head {
         return error(out, Status::MethodNotAllowed, early, "method not allowed");
     }
-    if route == Route::Health {
-        write_empty(out, Status::Ok, early);
+    if probe {
+        let answer = match route {
+            Route::HealthLive => Some(node.health.live()),
+            Route::HealthReady => Some(node.health.ready()),
+            _ => None,
+        };
+        match answer {
+            Some((ok, body)) => {
+                let status = if ok {
+                    Status::Ok
+                } else {
+                    Status::ServiceUnavailable
+                };
+                write_json(out, status, early, &body);
+            }
+            None => write_empty(out, Status::Ok, early),
+        }
         return Begin::AnsweredSkipBody;
     }
 
@@ -523,7 +564,11 @@ pub fn finish_buffered(ctx: &mut WorkerCtx<'_>, pending: Pending, body: &[u8], o
         Route::WebNotStarted => web::not_started(ctx, &pending, body),
         Route::WebFeatureFlags => web::feature_flags(ctx, &pending, body, out),
         Route::WebImages | Route::MobileImages => images::upload(ctx, &pending, body),
-        Route::Health | Route::WebTags | Route::WebConditions(_) => Ok(Answer::Ok),
+        Route::Health
+        | Route::HealthLive
+        | Route::HealthReady
+        | Route::WebTags
+        | Route::WebConditions(_) => Ok(Answer::Ok),
     };
     match result {
         Ok(Answer::Ok) => answer_stored(&pending, out),
@@ -543,18 +588,28 @@ enum Answer {
 /// A refusal: status and the text of the JSON error.
 struct Reject(Status, &'static str);
 
-/// A full disk is a 503 (the tracker retries, and the operator's alerting knows the kind); any
-/// other storage failure a 500. Either way nothing was acknowledged.
+/// A full disk or a used-up disk budget is a 503 with `Retry-After` (the tracker retries, and
+/// the operator's alerting knows the kind); any other storage failure a 500. Either way nothing
+/// was acknowledged. A full disk is logged at most once a second: it refuses every request.
 impl From<crate::log::LogError> for Reject {
     fn from(e: crate::log::LogError) -> Reject {
-        log::error!("cannot store a record: {e}");
-        let full = matches!(&e, crate::log::LogError::Io(io)
-            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
-        if full {
-            Reject(Status::ServiceUnavailable, "storage full")
-        } else {
-            Reject(Status::InternalServerError, "cannot store the request")
+        let full = match &e {
+            crate::log::LogError::Full => true,
+            crate::log::LogError::Io(io) => {
+                matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            }
+            _ => false,
+        };
+        if !full {
+            log::error!("cannot store a record: {e}");
+            return Reject(Status::InternalServerError, "cannot store the request");
         }
+        static LAST_LOGGED_S: AtomicU64 = AtomicU64::new(0);
+        let now_s = now_ms() as u64 / 1000;
+        if LAST_LOGGED_S.swap(now_s, Ordering::Relaxed) != now_s {
+            log::error!("cannot store a record: {e} (answering 503 until there is room)");
+        }
+        Reject(Status::ServiceUnavailable, "storage full")
     }
 }
 
