@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactorConfig;
-use crate::log::{BudgetSetting, LogConfig};
+use crate::log::{BudgetSetting, Durability, LogConfig};
 
 /// Everything a node needs to run, validated.
 #[derive(Clone, Debug)]
@@ -43,6 +43,8 @@ pub struct Config {
     pub prefault_window: usize,
     /// What the data directory may hold.
     pub disk_budget: BudgetSetting,
+    pub durability: Durability,
+    pub flush_interval: Duration,
     /// Compacted data older than this is deleted.
     pub retention: Duration,
     pub geoip_db: Option<PathBuf>,
@@ -116,6 +118,14 @@ pub struct ServeArgs {
     /// segments (loudly); with nothing left to retire, new records get 503.
     #[arg(long, value_parser = BudgetSetting::parse)]
     pub disk_budget: Option<BudgetSetting>,
+    /// When a 200 is sent: `os` (default; the record is in the page cache, written back at
+    /// least every --flush-interval) or `fsync` (written back to the disk first, by group
+    /// commit: one flush for the requests of one event-loop turn).
+    #[arg(long, value_parser = Durability::parse)]
+    pub durability: Option<Durability>,
+    /// "os" durability: how often open segments are written back (default 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub flush_interval: Option<Duration>,
     /// Older name of `--disk-budget N` (bytes).
     #[arg(long, hide = true)]
     pub retain_bytes: Option<u64>,
@@ -161,11 +171,21 @@ struct FileConfig {
     segment_max_age: Option<Duration>,
     #[serde(default, deserialize_with = "budget_opt")]
     disk_budget: Option<BudgetSetting>,
+    #[serde(default, deserialize_with = "durability_opt")]
+    durability: Option<Durability>,
+    #[serde(default, with = "humantime_opt")]
+    flush_interval: Option<Duration>,
     retain_bytes: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     retention: Option<Duration>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
+}
+
+fn durability_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Durability>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|t| Durability::parse(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 fn budget_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BudgetSetting>, D::Error> {
@@ -325,6 +345,11 @@ impl Config {
                 .or(f.disk_budget)
                 .or(f.retain_bytes.map(BudgetSetting::Bytes))
                 .unwrap_or(BudgetSetting::DEFAULT),
+            durability: a.durability.or(f.durability).unwrap_or_default(),
+            flush_interval: a
+                .flush_interval
+                .or(f.flush_interval)
+                .unwrap_or(LogConfig::DEFAULT_FLUSH_INTERVAL),
             retention: a
                 .retention
                 .or(f.retention)
@@ -363,6 +388,8 @@ impl Config {
             segment_max_age: self.segment_max_age,
             prefault_window: self.prefault_window,
             disk_budget: Some(self.disk_budget),
+            durability: self.durability,
+            flush_interval: self.flush_interval,
         }
     }
 

@@ -231,15 +231,23 @@ fn out_of_order_batches_of_one_page_come_back_in_order() {
 }
 
 /// Several clients post batches while the node is SIGKILLed at random moments (during
-/// compaction and cursor saves too: compaction runs every second), ten times over. Every batch
-/// answered 200 is then stored exactly once, byte for byte.
+/// compaction and cursor saves too: segments seal every 300 ms and are compacted as they
+/// seal), ten times over. Every batch answered 200 is then stored exactly once, byte for byte.
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_no_acknowledged_batch() {
+    sigkill_cycles("os", 0x51_9c11);
+}
+
+/// The same with "fsync" durability (group commit on the request path).
+#[test]
+fn sigkill_cycles_in_fsync_mode_lose_and_duplicate_nothing() {
+    sigkill_cycles("fsync", 0xf5_9c11);
+}
+
+fn sigkill_cycles(durability: &str, seed: u64) {
     let data = tempfile::tempdir().unwrap();
-    let data = data.keep();
-    eprintln!("DIR {}", data.display());
-    let dir = data.as_path();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x51_9c11);
+    let dir = data.path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let acked: Arc<Mutex<HashMap<u64, Vec<Vec<u8>>>>> = Arc::default();
     let mut serial = 0u32;
     for cycle in 0..10 {
@@ -250,6 +258,8 @@ fn sigkill_at_random_moments_loses_and_duplicates_no_acknowledged_batch() {
             .env("FILE_SIZE_LIMIT", "1000000")
             .arg("--segment-max-age")
             .arg("300ms")
+            .arg("--durability")
+            .arg(durability)
             .start();
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();

@@ -109,6 +109,8 @@ impl Harness {
                 segment_max_age: Duration::from_secs(3600),
                 prefault_window: 0,
                 disk_budget: None,
+                durability: replay_ingest::log::Durability::Os,
+                flush_interval: LogConfig::DEFAULT_FLUSH_INTERVAL,
             },
             1,
         )

@@ -21,8 +21,11 @@
 //!
 //! # Retention
 //!
-//! After each run and at least every [`RETENTION_CHECK`], compacted files whose newest record is
-//! older than the retention period are deleted, oldest first, each one logged and counted.
+//! At least every [`RETENTION_CHECK`]: compacted files whose newest record is older than the
+//! retention period are deleted, then, while the data directory is over its disk budget, the
+//! oldest files whatever their age (each logged and counted); a file whose input segments are
+//! still in the log is kept either way. The compactor publishes what its files take, so that
+//! the segment service knows when only unconsumed segments are left to free (`log::budget`).
 
 use std::collections::BTreeSet;
 use std::fs::File;

@@ -117,6 +117,29 @@ pub struct RecordMeta {
     pub kind: RecordKind,
 }
 
+/// When a record counts as stored (`--durability`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// A 200 means the record is complete in the mapping: it survives a crash of the process.
+    /// The segment service writes dirty pages back at least every flush interval, so a power
+    /// loss loses at most about that interval.
+    #[default]
+    Os,
+    /// Group commit: a worker writes back the records completed in one event-loop turn (one
+    /// msync per touched range) before it sends their answers. A 200 survives a power loss.
+    Fsync,
+}
+
+impl Durability {
+    pub fn parse(text: &str) -> Result<Durability, String> {
+        match text.trim() {
+            "os" => Ok(Durability::Os),
+            "fsync" => Ok(Durability::Fsync),
+            other => Err(format!("durability is os or fsync, not {other:?}")),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogConfig {
     /// The data dir; segments go to `dir/segments`.
@@ -129,6 +152,9 @@ pub struct LogConfig {
     pub prefault_window: usize,
     /// What the data directory may hold (see `budget`); `None`: no limit but the disk's.
     pub disk_budget: Option<BudgetSetting>,
+    pub durability: Durability,
+    /// How often open segments are written back in the background ("os" durability).
+    pub flush_interval: Duration,
 }
 
 impl LogConfig {
@@ -138,6 +164,9 @@ impl LogConfig {
     pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(10);
     /// 4 MiB: a few dozen batches ahead, small enough to fault in within one service turn.
     pub const DEFAULT_PREFAULT_WINDOW: usize = 4 << 20;
+    /// 1 s: what a power loss may cost in "os" durability; writing back a busy second of
+    /// segment pages costs the service thread milliseconds.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
     /// Far beyond any useful age, and far from overflowing `Instant` arithmetic.
     const MAX_AGE_LIMIT: Duration = Duration::from_secs(24 * 3600);
     /// Segment sizes are whole pages, so a mapping never ends inside a page.
@@ -150,6 +179,8 @@ impl LogConfig {
             segment_max_age: Self::DEFAULT_SEGMENT_MAX_AGE,
             prefault_window: Self::DEFAULT_PREFAULT_WINDOW,
             disk_budget: None,
+            durability: Durability::Os,
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
         }
     }
 

@@ -38,7 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -51,7 +51,7 @@ use crate::log::format::{self, SegmentHeader, SegmentName, SEGMENT_HEADER_LEN};
 use crate::log::mmap::{self, Region, SegmentMap};
 use crate::log::recovery::{self, RecoverySummary};
 use crate::log::writer::SegmentWriter;
-use crate::log::{LogConfig, LogError};
+use crate::log::{Durability, LogConfig, LogError};
 
 /// Commands queued at once: pre-fault requests beyond this are dropped (they are only a speed-up);
 /// seals wait for room.
@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub capacity: usize,
     pub max_age: Duration,
     pub prefault_window: usize,
+    pub durability: Durability,
+    flush_interval: Duration,
     pub commands: Sender<Command>,
     pub workers: Vec<WorkerSlot>,
     /// Makes `.prep-` names unique.
@@ -122,6 +124,9 @@ pub(crate) struct WorkerSlot {
     prepared_tx: Sender<io::Result<PreparedSegment>>,
     pub next_seq: AtomicU64,
     pub taken: AtomicBool,
+    /// The writer's active segment and its cursor, for the background flush.
+    pub active: parking_lot::Mutex<Option<Arc<SegmentMap>>>,
+    pub cursor: AtomicUsize,
 }
 
 impl Shared {
@@ -268,6 +273,8 @@ impl SegmentService {
                     prepared_tx,
                     next_seq: AtomicU64::new(next_seqs.get(&w).copied().unwrap_or(0)),
                     taken: AtomicBool::new(false),
+                    active: parking_lot::Mutex::new(None),
+                    cursor: AtomicUsize::new(0),
                 }
             })
             .collect();
@@ -276,6 +283,8 @@ impl SegmentService {
             capacity,
             max_age: cfg.segment_max_age,
             prefault_window: cfg.prefault_window,
+            durability: cfg.durability,
+            flush_interval: cfg.flush_interval,
             commands,
             workers,
             prep_counter: AtomicU64::new(0),
@@ -409,7 +418,13 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
     retained.enforce(shared);
     // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
     let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
+    let mut next_flush = std::time::Instant::now() + shared.flush_interval;
     loop {
+        let now = std::time::Instant::now();
+        if now >= next_flush {
+            flush_active(shared);
+            next_flush = now + shared.flush_interval;
+        }
         // Retention and the budget are checked four times a second even when idle: the
         // consumers' saves and the other files' growth come from other threads.
         let timeout = if deferred.is_empty() {
@@ -695,8 +710,11 @@ fn seal(shared: &Shared, job: SealJob, retained: &mut Retained) -> Option<SealJo
         std::fs::rename(&path, spare).or_else(|_| std::fs::remove_file(&path))
     } else {
         // Header first: a crash between the two leaves a sealed header over a longer file,
-        // which recovery finishes by truncating.
-        write_sealed_header(&file, header, sealed_len).and_then(|()| file.set_len(sealed_len))
+        // which recovery finishes by truncating. Then to the disk: a sealed segment is never
+        // at the mercy of a power loss, whatever the durability mode.
+        write_sealed_header(&file, header, sealed_len)
+            .and_then(|()| file.set_len(sealed_len))
+            .and_then(|()| file.sync_data())
     };
     match result {
         Ok(()) if sealed_len > SEGMENT_HEADER_LEN as u64 => {
@@ -711,6 +729,19 @@ fn seal(shared: &Shared, job: SealJob, retained: &mut Retained) -> Option<SealJo
         Err(e) => log::error!("sealing {}: {e}", path.display()),
     }
     None
+}
+
+/// Writes back what each writer has put in its open segment ("os" durability: what a power
+/// loss may cost is bounded by the flush interval). Only dirty pages reach the disk.
+fn flush_active(shared: &Shared) {
+    for (worker, slot) in shared.workers.iter().enumerate() {
+        let map = slot.active.lock().clone();
+        let Some(map) = map else { continue };
+        let cursor = slot.cursor.load(Ordering::Relaxed).min(map.len());
+        if let Err(e) = map.sync_range(0, cursor) {
+            log::error!("writing back worker {worker}'s segment: {e}");
+        }
+    }
 }
 
 pub(crate) fn write_sealed_header(file: &File, header: SegmentHeader, len: u64) -> io::Result<()> {

@@ -18,6 +18,8 @@ fn config(dir: &Path) -> LogConfig {
         segment_max_age: Duration::from_secs(10),
         prefault_window: 16 << 10,
         disk_budget: None,
+        durability: Durability::Os,
+        flush_interval: LogConfig::DEFAULT_FLUSH_INTERVAL,
     }
 }
 

@@ -10,7 +10,8 @@
 //! itself was prepared by the service); finding nothing prepared costs a synchronous create,
 //! counted in [`SegmentWriter::stalls`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::fs::File;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::log::format::{
 };
 use crate::log::mmap::{Region, SegmentMap};
 use crate::log::service::{Command, PreparedSegment, SealJob, Shared};
-use crate::log::{DiskBudget, LogError, RecordMeta};
+use crate::log::{DiskBudget, Durability, LogError, RecordMeta};
 
 /// How long a new writer waits for the segment the service prepares at start-up (a create and
 /// a fallocate: milliseconds) before making its own.
@@ -40,8 +41,10 @@ pub struct SegmentWriter {
     /// A prepared segment was asked of the service and has not been received yet.
     prepare_requested: bool,
     stalls: u64,
-    /// Set when a record is committed (here or by a reservation), cleared by `end_turn`.
-    committed: Rc<Cell<bool>>,
+    flushes: u64,
+    flushed_records: u64,
+    /// What records committed this turn (here or by a reservation) leave for `end_turn`.
+    turn: Rc<TurnState>,
     budget: Arc<DiskBudget>,
 }
 
@@ -100,6 +103,7 @@ impl SegmentWriter {
             Ok(Err(_)) | Err(_) => shared.prepare(worker, false)?,
         };
         let active = take_into_use(&shared, worker, prepared)?;
+        let durability = shared.durability;
         let shared_budget = shared.consumers.budget();
         let budget = Arc::clone(shared_budget);
         let mut writer = SegmentWriter {
@@ -108,9 +112,12 @@ impl SegmentWriter {
             active,
             prepare_requested: false,
             stalls: 0,
-            committed: Rc::new(Cell::new(false)),
+            flushes: 0,
+            flushed_records: 0,
+            turn: Rc::new(TurnState::new(durability)),
             budget,
         };
+        writer.segment_taken();
         writer.request_prepare();
         Ok(writer)
     }
@@ -120,11 +127,67 @@ impl SegmentWriter {
         self.stalls
     }
 
-    /// The worker calls this once per event-loop turn: if records were committed since the last
-    /// call, consumers waiting for new records are woken (once for the whole turn).
+    /// The worker calls this once per event-loop turn, before it writes the turn's held
+    /// answers. With "fsync" durability it writes back every range committed this turn (one
+    /// msync each, and the directory after a roll) and counts a flush; then, if records were
+    /// committed, it wakes consumers waiting for them (once for the whole turn).
     pub fn end_turn(&mut self) {
-        if self.committed.replace(false) {
+        let turn = &self.turn;
+        if turn.durability == Durability::Fsync {
+            let mut dirty = turn.dirty.borrow_mut();
+            let records = turn.epoch.get() - turn.synced_epoch.get();
+            if records > 0 || !dirty.is_empty() {
+                for (map, start, end) in dirty.drain(..) {
+                    if let Err(e) = map.sync_range(start, end - start) {
+                        log::error!("worker {}: writing back records: {e}", self.worker);
+                    }
+                }
+                if turn.dir_dirty.replace(false) {
+                    let synced =
+                        File::open(&self.shared.segments_dir).and_then(|dir| dir.sync_all());
+                    if let Err(e) = synced {
+                        log::error!("worker {}: syncing the segment directory: {e}", self.worker);
+                    }
+                }
+                turn.synced_epoch.set(turn.epoch.get());
+                self.flushes += 1;
+                self.flushed_records += records;
+            }
+        }
+        if turn.committed.replace(false) {
             self.shared.consumers.wake();
+        }
+    }
+
+    /// Records committed so far; with "fsync" durability, an answer written after this moved
+    /// waits for the turn's flush.
+    pub fn commit_epoch(&self) -> u64 {
+        self.turn.epoch.get()
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.turn.durability
+    }
+
+    /// Group commits done ("fsync" durability), and the records they covered.
+    pub fn flushes(&self) -> (u64, u64) {
+        (self.flushes, self.flushed_records)
+    }
+
+    /// A new segment is in use: its header and its name must reach the disk with the first
+    /// flush ("fsync" durability); the background flusher learns its mapping.
+    fn segment_taken(&mut self) {
+        let map = Arc::clone(self.active.tail.map());
+        let slot = &self.shared.workers[usize::from(self.worker)];
+        slot.cursor
+            .store(self.active.tail.offset(), Ordering::Relaxed);
+        *slot.active.lock() = Some(Arc::clone(&map));
+        if self.turn.durability == Durability::Fsync {
+            self.turn
+                .dirty
+                .borrow_mut()
+                .push((map, 0, SEGMENT_HEADER_LEN));
+            self.turn.dir_dirty.set(true);
         }
     }
 
@@ -218,7 +281,7 @@ impl SegmentWriter {
             filled: 0,
             salt: self.active.salt,
             done: false,
-            committed: Rc::clone(&self.committed),
+            turn: Rc::clone(&self.turn),
         })
     }
 
@@ -274,6 +337,7 @@ impl SegmentWriter {
         let next = take_into_use(&self.shared, self.worker, prepared)?;
         // Dropping the old segment records its length; it is sealed when its last user lets go.
         self.active = next;
+        self.segment_taken();
         self.request_prepare();
         Ok(())
     }
@@ -321,8 +385,10 @@ impl SegmentWriter {
         buf[8..12].copy_from_slice(&header.crc.to_le_bytes());
         zero_end_mark(&mut buf[shape.record_len..]);
         active.tail.publish_u32(0, STATE_COMMITTED);
+        let start = active.tail.offset();
+        self.turn
+            .record(active.tail.map(), start, start + shape.record_len);
         active.tail.advance(shape.record_len);
-        self.committed.set(true);
         self.claimed();
     }
 
@@ -332,6 +398,10 @@ impl SegmentWriter {
         if active.first_record_at.is_none() {
             active.first_record_at = Some(Instant::now());
         }
+        // What the background flusher writes back up to ("os" durability).
+        self.shared.workers[usize::from(self.worker)]
+            .cursor
+            .store(active.tail.offset(), Ordering::Relaxed);
         let window = self.shared.prefault_window;
         let capacity = self.shared.capacity;
         let cursor = active.tail.offset();
@@ -358,10 +428,53 @@ impl SegmentWriter {
 
 impl Drop for SegmentWriter {
     fn drop(&mut self) {
-        // `active` drops after this and hands the segment to sealing.
-        self.shared.workers[usize::from(self.worker)]
-            .taken
-            .store(false, Ordering::Release);
+        // `active` drops after this and hands the segment to sealing, which wants the last
+        // handle to its mapping: the background flusher lets go of it first.
+        let slot = &self.shared.workers[usize::from(self.worker)];
+        *slot.active.lock() = None;
+        slot.taken.store(false, Ordering::Release);
+    }
+}
+
+/// What the records committed in one event-loop turn leave to do at its end; shared by the
+/// writer and its reservations (worker thread only).
+struct TurnState {
+    durability: Durability,
+    /// A record was committed since consumers were last woken.
+    committed: Cell<bool>,
+    /// Records committed, ever; and up to which of them a flush wrote back.
+    epoch: Cell<u64>,
+    synced_epoch: Cell<u64>,
+    /// "fsync" durability: byte ranges committed and not yet written back, contiguous ones
+    /// merged. The vector keeps its capacity: no allocation once warm.
+    dirty: RefCell<Vec<(Arc<SegmentMap>, usize, usize)>>,
+    /// A segment was renamed into place since the last flush.
+    dir_dirty: Cell<bool>,
+}
+
+impl TurnState {
+    fn new(durability: Durability) -> Self {
+        TurnState {
+            durability,
+            committed: Cell::new(false),
+            epoch: Cell::new(0),
+            synced_epoch: Cell::new(0),
+            dirty: RefCell::new(Vec::with_capacity(16)),
+            dir_dirty: Cell::new(false),
+        }
+    }
+
+    fn record(&self, map: &Arc<SegmentMap>, start: usize, end: usize) {
+        self.committed.set(true);
+        self.epoch.set(self.epoch.get() + 1);
+        if self.durability != Durability::Fsync {
+            return;
+        }
+        let mut dirty = self.dirty.borrow_mut();
+        match dirty.last_mut() {
+            Some(last) if Arc::ptr_eq(&last.0, map) && last.2 == start => last.2 = end,
+            _ => dirty.push((Arc::clone(map), start, end)),
+        }
     }
 }
 
@@ -476,8 +589,8 @@ pub struct Reservation {
     /// The segment's salt, for the checksum computed at commit.
     salt: u64,
     done: bool,
-    /// The writer's flag that wakes consumers at the end of the turn.
-    committed: Rc<Cell<bool>>,
+    /// The writer's turn state: wakes consumers and, in "fsync" mode, writes back this record.
+    turn: Rc<TurnState>,
 }
 
 impl Reservation {
@@ -527,7 +640,9 @@ impl Reservation {
         bytes[8..12].copy_from_slice(&checksum.to_le_bytes());
         self.region.publish_u32(0, STATE_COMMITTED);
         self.done = true;
-        self.committed.set(true);
+        let start = self.region.offset();
+        self.turn
+            .record(self.region.map(), start, start + self.region.len());
     }
 }
 

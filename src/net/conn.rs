@@ -17,7 +17,7 @@ use crate::http::{
     parse_head, write_error, BodyFraming, ChunkError, ChunkedDecoder, HeadError, ResponseOptions,
     Status, CONTINUE_100, MAX_HEAD_BYTES,
 };
-use crate::log::Reservation;
+use crate::log::{Durability, Reservation};
 use crate::routes::{self, Begin, Pending, TokenMemo, WorkerCtx};
 
 /// Size of a connection's input buffer: a whole head (at most 16 KiB) always fits after the
@@ -147,6 +147,9 @@ pub struct Conn<S = TcpStream> {
     tokens: TokenMemo,
     /// The last streamed body was large (see LARGE_BODY).
     large_bodies: bool,
+    /// "fsync" durability: `out[hold..]` answers records that the worker writes back at the
+    /// end of this turn; nothing from there on is sent before (answers keep their order).
+    sync_hold: Option<usize>,
 }
 
 impl<S: Read + Write> Conn<S> {
@@ -167,6 +170,29 @@ impl<S: Read + Write> Conn<S> {
             begun: 0,
             tokens: TokenMemo::default(),
             large_bodies: false,
+            sync_hold: None,
+        }
+    }
+
+    /// Answers wait for the worker's flush at the end of this turn ("fsync" durability).
+    pub fn awaits_sync(&self) -> bool {
+        self.sync_hold.is_some()
+    }
+
+    /// The worker's flush is done: the held answers may go (the next drive writes them).
+    pub fn synced(&mut self) {
+        self.sync_hold = None;
+    }
+
+    /// After a request finished: if it committed records (the log's epoch moved) and they are
+    /// to be written back before the answer, hold the answer written from `at` on.
+    fn hold_if_stored(&mut self, env: &Env<'_, '_>, epoch: u64, at: usize) {
+        let log = &env.ctx.log;
+        if log.durability() == Durability::Fsync
+            && log.commit_epoch() != epoch
+            && self.sync_hold.is_none()
+        {
+            self.sync_hold = Some(at);
         }
     }
 
@@ -293,8 +319,9 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while self.out_pos < self.out.len() {
-            match self.socket.write(&self.out[self.out_pos..]) {
+        let limit = self.sync_hold.unwrap_or(self.out.len());
+        while self.out_pos < limit {
+            match self.socket.write(&self.out[self.out_pos..limit]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -302,8 +329,10 @@ impl<S: Read + Write> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
-        self.out.clear();
-        self.out_pos = 0;
+        if self.out_pos == self.out.len() && self.sync_hold.is_none() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
         Ok(())
     }
 
@@ -356,7 +385,9 @@ impl<S: Read + Write> Conn<S> {
                     if !keep {
                         pending.close_after();
                     }
+                    let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
                     routes::finish_stream(reservation, pending, &mut self.out);
+                    self.hold_if_stored(env, epoch, at);
                     self.request_done(keep, env)
                 }
                 State::Buffer {
@@ -370,7 +401,9 @@ impl<S: Read + Write> Conn<S> {
                         if !keep {
                             pending.close_after();
                         }
+                        let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
                         routes::finish_buffered(env.ctx, pending, &body, &mut self.out);
+                        self.hold_if_stored(env, epoch, at);
                         self.request_done(keep, env)
                     }
                     Ok(false) => {

@@ -46,6 +46,10 @@ pub struct Worker {
     evicted_at_cap: u64,
     /// Liveness: beaten once per loop turn (none in harnesses without health).
     heartbeat: Option<Arc<Heartbeat>>,
+    /// "fsync" durability: connections whose answers wait for this turn's flush.
+    awaiting_sync: Vec<usize>,
+    /// The same list being served (kept to reuse its allocation).
+    synced: Vec<usize>,
 }
 
 impl Worker {
@@ -81,6 +85,8 @@ impl Worker {
             refused_at_cap: 0,
             evicted_at_cap: 0,
             heartbeat: node.health.heartbeat_of(&format!("worker-{id}")),
+            awaiting_sync: Vec::with_capacity(64),
+            synced: Vec::with_capacity(64),
             node,
         })
     }
@@ -92,7 +98,7 @@ impl Worker {
         let mut shutdown_deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && self.awaiting_sync.is_empty() {
                 next_sweep.min(next_tick).saturating_duration_since(now)
             } else {
                 Duration::ZERO
@@ -116,7 +122,10 @@ impl Worker {
                     self.drive(key, now);
                 }
             }
+            // Group commit ("fsync" durability): one write-back for the turn, then the
+            // answers that waited for it.
             self.log.end_turn();
+            self.release_synced(now);
             if let Some(beat) = &self.heartbeat {
                 beat.beat();
             }
@@ -216,11 +225,31 @@ impl Worker {
             stopping: self.stopping.load(Ordering::Relaxed),
             timeouts: self.timeouts,
         };
-        match conn.drive(&mut env) {
+        let held = conn.awaits_sync();
+        let step = conn.drive(&mut env);
+        if !held && conn.awaits_sync() {
+            self.awaiting_sync.push(key);
+        }
+        match step {
             Step::Wait => {}
             Step::Again => self.again.push_back(key),
             Step::Close => self.close(key),
         }
+    }
+
+    /// Sends the answers that waited for this turn's flush (driving the connection again, which
+    /// also takes its next requests).
+    fn release_synced(&mut self, now: Instant) {
+        std::mem::swap(&mut self.synced, &mut self.awaiting_sync);
+        let mut synced = std::mem::take(&mut self.synced);
+        for &key in &synced {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.synced();
+                self.drive(key, now);
+            }
+        }
+        synced.clear();
+        self.synced = synced;
     }
 
     fn close(&mut self, key: usize) {

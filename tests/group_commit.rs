@@ -1,0 +1,224 @@
+//! "fsync" durability at the storage seam: a connection's answers to stored batches are held
+//! until the worker's end-of-turn flush has written the records back, and one flush covers
+//! every request of the turn. Driven in-process (the connection over an in-memory stream, the
+//! real segment log on a temporary directory), so the order can be observed exactly; the
+//! binary's own loop is tested in `compaction.rs` (crash cycles) and by the benchmarks.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use common::{batch_request, SECRET};
+use replay_ingest::admin::health::DEFAULT_READY_MAX_LAG;
+use replay_ingest::admin::Health;
+use replay_ingest::config::{Config, ServeArgs};
+use replay_ingest::log::{Durability, SegmentService};
+use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
+use replay_ingest::project::Projects;
+use replay_ingest::routes::{NodeState, WorkerCtx};
+use replay_ingest::token::{SessionToken, TokenSigner};
+
+/// A socket whose peer has sent `input` and reads everything written.
+struct Pipe {
+    input: io::Cursor<Vec<u8>>,
+    written: Vec<u8>,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.input.read(buf)? {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn batch(i: u8) -> Vec<u8> {
+    let mut b = vec![81, 2, 0, i, 0, 0, 100, 3, 0, 0];
+    b.extend_from_slice(&[i; 3]);
+    b
+}
+
+fn answers(written: &[u8]) -> usize {
+    written
+        .windows(15)
+        .filter(|w| w == b"HTTP/1.1 200 OK")
+        .count()
+}
+
+#[test]
+fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        workers: Some(1),
+        data_dir: Some(dir.path().to_path_buf()),
+        token_secret: Some(SECRET.into()),
+        durability: Some(Durability::Fsync),
+        ..ServeArgs::default()
+    };
+    let config = Config::load(&args).unwrap();
+    let service = SegmentService::start(config.log_config(), 1).unwrap();
+    let mut log = service.writer(0).unwrap();
+    assert_eq!(log.durability(), Durability::Fsync);
+    let health = Health::new(
+        std::sync::Arc::clone(service.consumers()),
+        DEFAULT_READY_MAX_LAG,
+    );
+    let node = NodeState::new(
+        config,
+        Projects::demo("k".into()),
+        SECRET.as_bytes(),
+        None,
+        health,
+    );
+    let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
+        session_id: 7,
+        delay: 0,
+        expires_at_ms: common::now_ms() + 3_600_000,
+    });
+    // Three pipelined batches on one connection: one event-loop turn's worth.
+    let mut input = Vec::new();
+    for i in 0..3 {
+        input.extend(batch_request(&token, "player", "", &batch(i)));
+    }
+    let pipe = Pipe {
+        input: io::Cursor::new(input),
+        written: Vec::new(),
+    };
+    let now = Instant::now();
+    let mut conn = Conn::new(
+        pipe,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        now,
+        Duration::from_secs(75),
+    );
+    let mut rbuf = ReadBuffer::default();
+    let mut scratch = Vec::new();
+    let timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        body: Duration::from_secs(60),
+        idle: Duration::from_secs(75),
+    };
+    let mut drive = |conn: &mut Conn<Pipe>, log: &mut replay_ingest::log::SegmentWriter| {
+        let mut ctx = WorkerCtx {
+            node: &node,
+            log,
+            scratch: &mut scratch,
+        };
+        let mut env = Env {
+            ctx: &mut ctx,
+            rbuf: &mut rbuf,
+            now,
+            stopping: false,
+            timeouts,
+        };
+        conn.drive(&mut env)
+    };
+
+    assert_eq!(drive(&mut conn, &mut log), Step::Wait);
+    assert!(conn.awaits_sync(), "the answers wait for the flush");
+    assert_eq!(
+        answers(&conn.socket().written),
+        0,
+        "no 200 before the flush"
+    );
+    assert_eq!(log.flushes(), (0, 0));
+
+    log.end_turn();
+    assert_eq!(
+        log.flushes(),
+        (1, 3),
+        "one flush for the turn's three records"
+    );
+    conn.synced();
+    drive(&mut conn, &mut log);
+    assert_eq!(
+        answers(&conn.socket().written),
+        3,
+        "all three answered after it"
+    );
+    assert!(!conn.awaits_sync());
+
+    // A turn without stored records flushes nothing.
+    log.end_turn();
+    assert_eq!(log.flushes(), (1, 3));
+    log.close().unwrap();
+    service.shutdown();
+}
+
+/// In "os" durability nothing waits: the answer goes out in the same drive.
+#[test]
+fn os_answers_go_out_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        workers: Some(1),
+        data_dir: Some(dir.path().to_path_buf()),
+        token_secret: Some(SECRET.into()),
+        ..ServeArgs::default()
+    };
+    let config = Config::load(&args).unwrap();
+    let service = SegmentService::start(config.log_config(), 1).unwrap();
+    let mut log = service.writer(0).unwrap();
+    let health = Health::new(
+        std::sync::Arc::clone(service.consumers()),
+        DEFAULT_READY_MAX_LAG,
+    );
+    let node = NodeState::new(
+        config,
+        Projects::demo("k".into()),
+        SECRET.as_bytes(),
+        None,
+        health,
+    );
+    let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
+        session_id: 7,
+        delay: 0,
+        expires_at_ms: common::now_ms() + 3_600_000,
+    });
+    let pipe = Pipe {
+        input: io::Cursor::new(batch_request(&token, "player", "", &batch(0))),
+        written: Vec::new(),
+    };
+    let now = Instant::now();
+    let mut conn = Conn::new(
+        pipe,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        now,
+        Duration::from_secs(75),
+    );
+    let mut rbuf = ReadBuffer::default();
+    let mut scratch = Vec::new();
+    let mut ctx = WorkerCtx {
+        node: &node,
+        log: &mut log,
+        scratch: &mut scratch,
+    };
+    let mut env = Env {
+        ctx: &mut ctx,
+        rbuf: &mut rbuf,
+        now,
+        stopping: false,
+        timeouts: Timeouts {
+            head: Duration::from_secs(10),
+            body: Duration::from_secs(60),
+            idle: Duration::from_secs(75),
+        },
+    };
+    conn.drive(&mut env);
+    assert!(!conn.awaits_sync());
+    assert_eq!(answers(&conn.socket().written), 1);
+    log.close().unwrap();
+    service.shutdown();
+}
