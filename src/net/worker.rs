@@ -158,6 +158,14 @@ impl Worker {
         }
         // Dropping the connections drops their reservations, which marks them abandoned.
         self.conns.clear();
+        let (flushes, records) = self.log.flushes();
+        if flushes > 0 {
+            log::info!(
+                "worker {}: {flushes} group commits for {records} records ({:.1} records a flush)",
+                self.id,
+                records as f64 / flushes as f64
+            );
+        }
         if let Err(e) = self.log.close() {
             log::error!("worker {}: closing the segment failed: {e}", self.id);
         }
