@@ -10,30 +10,14 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rand::{Rng, SeedableRng};
 
-/// A web batch that walks: BatchMetadata (version 2, `page`, `first_index`), then one sized
-/// message of `len` bytes of `fill`.
+/// A walkable batch of `len` bytes of `fill`.
 fn batch(page: u64, first_index: u64, fill: u8, len: usize) -> Vec<u8> {
-    let mut b = vec![81, 2];
-    put_uint(&mut b, page);
-    put_uint(&mut b, first_index);
-    b.extend_from_slice(&[0, 0]); // timestamp 0, location ""
-    b.push(100); // a message type the walker does not need to know
-    b.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
-    b.extend(std::iter::repeat_n(fill, len));
-    b
-}
-
-fn put_uint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    walkable_batch(page, first_index, &vec![fill; len])
 }
 
 fn post(node: &Node, token: &str, body: &[u8]) -> u16 {
@@ -41,14 +25,6 @@ fn post(node: &Node, token: &str, body: &[u8]) -> u16 {
     conn.write_all(&batch_request(token, "player", "", body))
         .unwrap();
     read_response(&mut conn).unwrap().status
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn files_in(dir: &Path) -> Vec<String> {

@@ -37,15 +37,10 @@ fn numbered_batches(n: usize, len: usize) -> Vec<Vec<u8>> {
     numbered_batches_from(0, n, len)
 }
 
-/// The same, numbered from `first` (below 128: one varint byte).
+/// The same, numbered from `first`.
 fn numbered_batches_from(first: usize, n: usize, len: usize) -> Vec<Vec<u8>> {
     (first..first + n)
-        .map(|i| {
-            let mut b = vec![81, 2, 0, i as u8, 0, 0, 100];
-            b.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
-            b.extend(std::iter::repeat_n(b'a' + i as u8, len));
-            b
-        })
+        .map(|i| walkable_batch(0, i as u64, &vec![b'a' + i as u8; len]))
         .collect()
 }
 

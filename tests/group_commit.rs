@@ -14,7 +14,7 @@ use common::{batch_request, SECRET};
 use replay_ingest::admin::health::DEFAULT_READY_MAX_LAG;
 use replay_ingest::admin::Health;
 use replay_ingest::config::{Config, ServeArgs};
-use replay_ingest::log::{Durability, SegmentService};
+use replay_ingest::log::{Durability, SegmentService, SegmentWriter};
 use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
 use replay_ingest::project::Projects;
 use replay_ingest::routes::{NodeState, WorkerCtx};
@@ -46,9 +46,7 @@ impl Write for Pipe {
 }
 
 fn batch(i: u8) -> Vec<u8> {
-    let mut b = vec![81, 2, 0, i, 0, 0, 100, 3, 0, 0];
-    b.extend_from_slice(&[i; 3]);
-    b
+    common::walkable_batch(0, i.into(), &[i; 3])
 }
 
 fn answers(written: &[u8]) -> usize {
@@ -58,92 +56,120 @@ fn answers(written: &[u8]) -> usize {
         .count()
 }
 
-#[test]
-fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ServeArgs {
-        workers: Some(1),
-        data_dir: Some(dir.path().to_path_buf()),
-        token_secret: Some(SECRET.into()),
-        durability: Some(Durability::Fsync),
-        ..ServeArgs::default()
-    };
-    let config = Config::load(&args).unwrap();
-    let service = SegmentService::start(config.log_config(), 1).unwrap();
-    let mut log = service.writer(0).unwrap();
-    assert_eq!(log.durability(), Durability::Fsync);
-    let health = Health::new(
-        std::sync::Arc::clone(service.consumers()),
-        DEFAULT_READY_MAX_LAG,
-    );
-    let node = NodeState::new(
-        config,
-        Projects::demo("k".into()),
-        SECRET.as_bytes(),
-        None,
-        health,
-    );
-    let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
-        session_id: 7,
-        delay: 0,
-        expires_at_ms: common::now_ms() + 3_600_000,
-    });
-    // Three pipelined batches on one connection: one event-loop turn's worth.
-    let mut input = Vec::new();
-    for i in 0..3 {
-        input.extend(batch_request(&token, "player", "", &batch(i)));
-    }
-    let pipe = Pipe {
-        input: io::Cursor::new(input),
-        written: Vec::new(),
-    };
-    let now = Instant::now();
-    let mut conn = Conn::new(
-        pipe,
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        now,
-        Duration::from_secs(75),
-    );
-    let mut rbuf = ReadBuffer::default();
-    let mut scratch = Vec::new();
-    let timeouts = Timeouts {
-        head: Duration::from_secs(10),
-        body: Duration::from_secs(60),
-        idle: Duration::from_secs(75),
-    };
-    let mut drive = |conn: &mut Conn<Pipe>, log: &mut replay_ingest::log::SegmentWriter| {
-        let mut ctx = WorkerCtx {
-            node: &node,
+/// The log, a node and a token, as one worker has them.
+struct Rig {
+    log: SegmentWriter,
+    node: std::sync::Arc<NodeState>,
+    token: String,
+    rbuf: ReadBuffer,
+    scratch: Vec<u8>,
+    service: SegmentService,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(durability: Option<Durability>) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            workers: Some(1),
+            data_dir: Some(dir.path().to_path_buf()),
+            token_secret: Some(SECRET.into()),
+            durability,
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        let service = SegmentService::start(config.log_config(), 1).unwrap();
+        let log = service.writer(0).unwrap();
+        let health = Health::new(
+            std::sync::Arc::clone(service.consumers()),
+            DEFAULT_READY_MAX_LAG,
+        );
+        let node = NodeState::new(
+            config,
+            Projects::demo("k".into()),
+            SECRET.as_bytes(),
+            None,
+            health,
+        );
+        let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
+            session_id: 7,
+            delay: 0,
+            expires_at_ms: common::now_ms() + 3_600_000,
+        });
+        Rig {
             log,
-            scratch: &mut scratch,
+            node,
+            token,
+            rbuf: ReadBuffer::default(),
+            scratch: Vec::new(),
+            service,
+            _dir: dir,
+        }
+    }
+
+    /// A connection whose peer has sent `n` batches, pipelined.
+    fn conn(&self, n: u8) -> Conn<Pipe> {
+        let mut input = Vec::new();
+        for i in 0..n {
+            input.extend(batch_request(&self.token, "player", "", &batch(i)));
+        }
+        let pipe = Pipe {
+            input: io::Cursor::new(input),
+            written: Vec::new(),
+        };
+        let idle = Duration::from_secs(75);
+        Conn::new(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST), Instant::now(), idle)
+    }
+
+    fn drive(&mut self, conn: &mut Conn<Pipe>) -> Step {
+        let mut ctx = WorkerCtx {
+            node: &self.node,
+            log: &mut self.log,
+            scratch: &mut self.scratch,
         };
         let mut env = Env {
             ctx: &mut ctx,
-            rbuf: &mut rbuf,
-            now,
+            rbuf: &mut self.rbuf,
+            now: Instant::now(),
             stopping: false,
-            timeouts,
+            timeouts: Timeouts {
+                head: Duration::from_secs(10),
+                body: Duration::from_secs(60),
+                idle: Duration::from_secs(75),
+            },
         };
         conn.drive(&mut env)
-    };
+    }
 
-    assert_eq!(drive(&mut conn, &mut log), Step::Wait);
+    fn stop(self) {
+        self.log.close().unwrap();
+        self.service.shutdown();
+    }
+}
+
+#[test]
+fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
+    let mut rig = Rig::new(Some(Durability::Fsync));
+    assert_eq!(rig.log.durability(), Durability::Fsync);
+    // Three pipelined batches on one connection: one event-loop turn's worth.
+    let mut conn = rig.conn(3);
+    assert_eq!(rig.drive(&mut conn), Step::Wait);
     assert!(conn.awaits_sync(), "the answers wait for the flush");
     assert_eq!(
         answers(&conn.socket().written),
         0,
         "no 200 before the flush"
     );
-    assert_eq!(log.flushes(), (0, 0));
+    assert_eq!(rig.log.flushes(), (0, 0));
 
-    log.end_turn();
+    rig.log.end_turn();
     assert_eq!(
-        log.flushes(),
+        rig.log.flushes(),
         (1, 3),
         "one flush for the turn's three records"
     );
     conn.synced();
-    drive(&mut conn, &mut log);
+    rig.drive(&mut conn);
     assert_eq!(
         answers(&conn.socket().written),
         3,
@@ -152,73 +178,18 @@ fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
     assert!(!conn.awaits_sync());
 
     // A turn without stored records flushes nothing.
-    log.end_turn();
-    assert_eq!(log.flushes(), (1, 3));
-    log.close().unwrap();
-    service.shutdown();
+    rig.log.end_turn();
+    assert_eq!(rig.log.flushes(), (1, 3));
+    rig.stop();
 }
 
 /// In "os" durability nothing waits: the answer goes out in the same drive.
 #[test]
 fn os_answers_go_out_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ServeArgs {
-        workers: Some(1),
-        data_dir: Some(dir.path().to_path_buf()),
-        token_secret: Some(SECRET.into()),
-        ..ServeArgs::default()
-    };
-    let config = Config::load(&args).unwrap();
-    let service = SegmentService::start(config.log_config(), 1).unwrap();
-    let mut log = service.writer(0).unwrap();
-    let health = Health::new(
-        std::sync::Arc::clone(service.consumers()),
-        DEFAULT_READY_MAX_LAG,
-    );
-    let node = NodeState::new(
-        config,
-        Projects::demo("k".into()),
-        SECRET.as_bytes(),
-        None,
-        health,
-    );
-    let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
-        session_id: 7,
-        delay: 0,
-        expires_at_ms: common::now_ms() + 3_600_000,
-    });
-    let pipe = Pipe {
-        input: io::Cursor::new(batch_request(&token, "player", "", &batch(0))),
-        written: Vec::new(),
-    };
-    let now = Instant::now();
-    let mut conn = Conn::new(
-        pipe,
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        now,
-        Duration::from_secs(75),
-    );
-    let mut rbuf = ReadBuffer::default();
-    let mut scratch = Vec::new();
-    let mut ctx = WorkerCtx {
-        node: &node,
-        log: &mut log,
-        scratch: &mut scratch,
-    };
-    let mut env = Env {
-        ctx: &mut ctx,
-        rbuf: &mut rbuf,
-        now,
-        stopping: false,
-        timeouts: Timeouts {
-            head: Duration::from_secs(10),
-            body: Duration::from_secs(60),
-            idle: Duration::from_secs(75),
-        },
-    };
-    conn.drive(&mut env);
+    let mut rig = Rig::new(None);
+    let mut conn = rig.conn(1);
+    rig.drive(&mut conn);
     assert!(!conn.awaits_sync());
     assert_eq!(answers(&conn.socket().written), 1);
-    log.close().unwrap();
-    service.shutdown();
+    rig.stop();
 }

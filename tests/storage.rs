@@ -7,17 +7,13 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rand::{Rng, SeedableRng};
 
-/// A web batch that walks: BatchMetadata (version 2, page 0, `first_index`), one sized message.
 fn batch(first_index: u8, body: &[u8]) -> Vec<u8> {
-    let mut b = vec![81, 2, 0, first_index, 0, 0, 100];
-    b.extend_from_slice(&(body.len() as u32).to_le_bytes()[..3]);
-    b.extend_from_slice(body);
-    b
+    walkable_batch(0, first_index.into(), body)
 }
 
 fn post(node: &Node, token: &str, body: &[u8]) -> Response {
@@ -29,14 +25,6 @@ fn post(node: &Node, token: &str, body: &[u8]) -> Response {
 
 fn get(node: &Node, path: &str) -> Response {
     node.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn names_in(dir: &Path) -> Vec<String> {

@@ -465,3 +465,32 @@ pub fn mint_token(session: u64, delay: i64, expires_at_ms: i64) -> String {
         },
     )
 }
+
+/// A web batch that walks, as the tracker frames one: BatchMetadata (version 2, `page`,
+/// `first_index`, timestamp 0, no location), then one sized message (type 100) holding `body`.
+/// The compactor keeps such batches; its firstIndex orders it among its page's batches.
+pub fn walkable_batch(page: u64, first_index: u64, body: &[u8]) -> Vec<u8> {
+    fn put_uint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut b = vec![81, 2];
+    put_uint(&mut b, page);
+    put_uint(&mut b, first_index);
+    b.extend_from_slice(&[0, 0, 100]);
+    b.extend_from_slice(&(body.len() as u32).to_le_bytes()[..3]);
+    b.extend_from_slice(body);
+    b
+}
+
+/// Polls `done` every 50 ms until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
