@@ -366,13 +366,23 @@ fn ls(data_dir: &Path, json: bool) -> Result<()> {
     for r in &records {
         write_record_line(&mut out, r, json)?;
     }
-    // Each consumer's saved cursor, and what the segments still hold that it has not passed.
-    let live = seglog::read_records(data_dir).unwrap_or_default();
+    // Each consumer's saved cursor, and the stored records it has not passed (by where they
+    // were written in the log, wherever they are kept now).
     for name in seglog::consumer::saved_consumers(data_dir)? {
         let Some((cursor, saved)) = seglog::consumer::load_cursor(data_dir, &name)? else {
             continue;
         };
-        let lag = Lag::of(&cursor, &live);
+        let lag = Lag::of(
+            &cursor,
+            records.iter().map(|r| {
+                let segment = seglog::SegmentName {
+                    worker: r.origin.worker,
+                    seq: r.origin.segment_seq,
+                };
+                let at = r.origin.offset;
+                (segment, at, r.body.len(), r.meta.arrival_unix_ns)
+            }),
+        );
         let saved = humantime::format_rfc3339_millis(saved).to_string();
         let oldest_age = lag.oldest_unix_ns.map(|t| {
             let now = std::time::SystemTime::now()

@@ -999,19 +999,19 @@ pub struct Lag {
 }
 
 impl Lag {
-    /// The lag of `cursor` over `records` (every stored record, any order).
-    pub fn of(cursor: &Cursor, records: &[StoredRecord]) -> Lag {
+    /// The lag of `cursor` over stored records, each given as where it was written in the log
+    /// (segment, offset), its body length and its arrival time, in any order, wherever the
+    /// record is kept now (a segment, or a compacted file that remembers its origin).
+    pub fn of(
+        cursor: &Cursor,
+        records: impl IntoIterator<Item = (SegmentName, u64, usize, u64)>,
+    ) -> Lag {
         let mut lag = Lag::default();
-        for r in records {
-            let segment = SegmentName {
-                worker: r.worker,
-                seq: r.segment_seq,
-            };
-            if !cursor.has_passed(segment, r.offset) {
+        for (segment, offset, len, arrival) in records {
+            if !cursor.has_passed(segment, offset) {
                 lag.records += 1;
-                lag.bytes += r.body.len() as u64;
-                let t = r.meta.arrival_unix_ns;
-                lag.oldest_unix_ns = Some(lag.oldest_unix_ns.map_or(t, |o| o.min(t)));
+                lag.bytes += len as u64;
+                lag.oldest_unix_ns = Some(lag.oldest_unix_ns.map_or(arrival, |o| o.min(arrival)));
             }
         }
         lag

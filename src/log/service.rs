@@ -518,7 +518,7 @@ struct Retained {
     /// Name, path, sealed length, and when it was sealed (for start-up: when it was found).
     segments: VecDeque<(SegmentName, PathBuf, u64, std::time::Instant)>,
     bytes: u64,
-    /// When the disk budget was last checked (it reads the directory: not on every command).
+    /// When retention and the disk budget were last checked.
     budget_checked: Option<std::time::Instant>,
 }
 
@@ -564,8 +564,17 @@ impl Retained {
     }
 
     /// Retires every segment all consumers have passed (saved cursors), then enforces the disk
-    /// budget (at most every [`RETIRE_CHECK`]).
+    /// budget; at most every [`RETIRE_CHECK`] (the service runs this after every command, and
+    /// pre-fault requests come hundreds of times a second).
     fn enforce(&mut self, shared: &Shared) {
+        let now = std::time::Instant::now();
+        if self
+            .budget_checked
+            .is_some_and(|at| now.duration_since(at) < RETIRE_CHECK)
+        {
+            return;
+        }
+        self.budget_checked = Some(now);
         let before = self.segments.len();
         let mut kept = VecDeque::with_capacity(before);
         for (name, path, len, sealed_at) in std::mem::take(&mut self.segments) {
@@ -578,14 +587,6 @@ impl Retained {
             }
         }
         self.segments = kept;
-        let now = std::time::Instant::now();
-        if self
-            .budget_checked
-            .is_some_and(|at| now.duration_since(at) < RETIRE_CHECK)
-        {
-            return;
-        }
-        self.budget_checked = Some(now);
         self.publish_lags(shared, now);
         if let Err(e) = self.enforce_budget(shared) {
             log::error!("disk budget: {e}");
