@@ -425,6 +425,24 @@ fn ls(data_dir: &Path, json: bool) -> Result<()> {
             )?;
         }
     }
+    let (forced, forced_bytes, last) = seglog::consumer::forced_out(data_dir)?;
+    if forced > 0 {
+        let last = last.map_or(String::new(), |ms| rfc3339(ms.saturating_mul(1_000_000)));
+        if json {
+            let line = serde_json::json!({
+                "forced_out_segments": forced,
+                "forced_out_bytes": forced_bytes,
+                "last": last,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "# disk budget: {forced} segments ({forced_bytes} bytes) forced out before every \
+                 consumer read them, the last at {last}"
+            )?;
+        }
+    }
     out.flush()?;
     Ok(())
 }

@@ -187,6 +187,29 @@ pub fn load_cursor(data_dir: &Path, name: &str) -> Result<Option<(Cursor, System
     )))
 }
 
+/// Where segments forced out unconsumed are recorded, one JSON object a line, for `ls`.
+pub const FORCED_OUT_FILE: &str = "forced-out.jsonl";
+
+/// Segments the disk budget forced out before every consumer read them: how many, their
+/// bytes, and the last time (`None` if never).
+pub fn forced_out(data_dir: &Path) -> io::Result<(u64, u64, Option<u64>)> {
+    let text = match std::fs::read_to_string(data_dir.join(CONSUMERS_DIR).join(FORCED_OUT_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0, None)),
+        Err(e) => return Err(e),
+    };
+    let (mut n, mut bytes, mut last) = (0, 0, None);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a line cut by a crash
+        };
+        n += 1;
+        bytes += v["bytes"].as_u64().unwrap_or(0);
+        last = v["unix_ms"].as_u64().or(last);
+    }
+    Ok((n, bytes, last))
+}
+
 /// Names of every consumer that saved a cursor under `data_dir`, sorted.
 pub fn saved_consumers(data_dir: &Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
@@ -402,6 +425,27 @@ impl ConsumerRegistry {
     /// must treat them as wake-ups and look at the log itself).
     pub fn listen_for_seals(&self, listener: Sender<SegmentEvent>) {
         self.seal_listeners.lock().push(listener);
+    }
+
+    /// Notes a segment the disk budget forced out unconsumed, for `ls` (the log line and the
+    /// counter are the service's).
+    pub(crate) fn record_forced_out(&self, segment: SegmentName, bytes: u64) {
+        let line = serde_json::json!({
+            "segment": segment.file_name(),
+            "bytes": bytes,
+            "unix_ms": SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+        let path = self.data_dir.join(CONSUMERS_DIR).join(FORCED_OUT_FILE);
+        let written = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            log::error!("{}: {e}", path.display());
+        }
     }
 
     pub(crate) fn sealed(&self, segment: SegmentName) {

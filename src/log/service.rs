@@ -646,6 +646,7 @@ impl Retained {
                     Err(e) => return Err(e),
                 }
                 shared.forced_out.fetch_add(1, Ordering::Relaxed);
+                shared.consumers.record_forced_out(name, len);
                 budget.publish_segments(measure()?);
             }
         }

@@ -899,6 +899,11 @@ fn the_disk_budget_forces_out_unconsumed_segments_and_refuses_records_when_nothi
     wait_until("back under the budget", || budget.used() <= budget.limit());
     let forced = service.segment_counts().forced_out;
     assert!(forced >= 5, "forced out {forced}");
+    let (noted, bytes, last) = consumer::forced_out(dir.path()).unwrap();
+    assert!(
+        noted >= 5 && bytes > 0 && last.is_some(),
+        "for ls: {noted} {bytes}"
+    );
     assert!(!contents(dir.path()).is_empty());
     let got = contents(dir.path());
     assert_eq!(
