@@ -6,7 +6,8 @@
 //!
 //! Subcommands: `mix` (tracker sessions, realistic batch sizes), `fixed` (one body of 1, 8 or
 //! 64 KiB, like wrk), `idle` (hold N keep-alive connections, report the server's RSS), `body`
-//! (write a fixed body to a file for wrk), `proc` (print a server's CPU time and RSS).
+//! (write a fixed body to a file for wrk), `proc` (print a server's CPU time and RSS), `threads`
+//! (a server's CPU time per thread name).
 //! The main thread parses options, generates bodies and samples /proc; `client` runs the load.
 
 mod client;
@@ -95,6 +96,12 @@ enum Command {
     },
     /// Prints a process tree's CPU time and memory as one PROCSTAT line.
     Proc {
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Prints one process's CPU time per thread name as one THREADSTAT line: `total_us`, then
+    /// `<group>_us` and `<group>_threads` for each group (`worker-0`, `worker-1` → `worker`).
+    Threads {
         #[arg(long)]
         pid: u32,
     },
@@ -225,6 +232,16 @@ fn main() -> anyhow::Result<()> {
                 s.hwm_kib,
                 s.processes
             );
+            Ok(())
+        }
+        Command::Threads { pid } => {
+            let g = procstat::thread_groups(pid)?;
+            let us = |ticks: u64| ticks * 1_000_000 / procstat::ticks_per_second();
+            let mut line = format!("THREADSTAT total_us={}", us(g.total_ticks));
+            for (name, ticks, n) in &g.groups {
+                line += &format!(" {name}_us={} {name}_threads={n}", us(*ticks));
+            }
+            println!("{line}");
             Ok(())
         }
     }

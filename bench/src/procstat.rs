@@ -2,7 +2,11 @@
 //! VmHWM), summed over the process and its descendants, because nginx does its work in worker
 //! processes whose time the master's /proc/PID/stat never shows.
 //!
-//! In: a pid. Out: a [`ProcSample`]. Called on the main thread before and after a run.
+//! Also CPU time per thread of one process, grouped by the thread's name (`comm`): a
+//! multi-threaded server's request path and its background threads, told apart.
+//!
+//! In: a pid. Out: a [`ProcSample`], or [`ThreadGroups`]. Called on the main thread before and
+//! after a run.
 
 use std::fs;
 
@@ -104,6 +108,62 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     Ok(s)
 }
 
+/// CPU time of one process's threads, grouped by name. A name ending in `-<digits>` counts in
+/// the group of its prefix (`worker-0`, `worker-1` → `worker`); any other name is its own group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThreadGroups {
+    /// utime + stime of the whole process, in clock ticks: its live threads plus those that have
+    /// exited (the kernel adds a thread's time to the process when it exits).
+    pub total_ticks: u64,
+    /// (group, ticks, live threads), sorted by group name.
+    pub groups: Vec<(String, u64, u32)>,
+}
+
+/// The group a thread named `comm` counts in.
+pub fn thread_group(comm: &str) -> &str {
+    match comm.rsplit_once('-') {
+        Some((prefix, n))
+            if !prefix.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            prefix
+        }
+        _ => comm,
+    }
+}
+
+/// Reads /proc/PID/stat (the process) and /proc/PID/task/*/stat (each thread).
+pub fn thread_groups(pid: u32) -> anyhow::Result<ThreadGroups> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let (_, total_ticks) = parse_stat(&stat)?;
+    let mut groups: Vec<(String, u64, u32)> = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let dir = entry.path();
+        // A thread that exits between the listing and the read is skipped: its time is in the
+        // process's total from then on.
+        let (Ok(stat), Ok(comm)) = (
+            fs::read_to_string(dir.join("stat")),
+            fs::read_to_string(dir.join("comm")),
+        ) else {
+            continue;
+        };
+        let (_, ticks) = parse_stat(&stat)?;
+        let group = thread_group(comm.trim_end_matches('\n'));
+        match groups.iter_mut().find(|(g, _, _)| g == group) {
+            Some(g) => {
+                g.1 += ticks;
+                g.2 += 1;
+            }
+            None => groups.push((group.to_string(), ticks, 1)),
+        }
+    }
+    groups.sort();
+    Ok(ThreadGroups {
+        total_ticks,
+        groups,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +181,39 @@ mod tests {
         assert_eq!(status_kib(status, "VmHWM:"), 5120);
         assert_eq!(status_kib(status, "VmRSS:"), 4096);
         assert_eq!(status_kib(status, "VmSwap:"), 0);
+    }
+
+    #[test]
+    fn threads_group_by_name_without_their_number() {
+        assert_eq!(thread_group("worker-0"), "worker");
+        assert_eq!(thread_group("worker-17"), "worker");
+        assert_eq!(thread_group("segment-service"), "segment-service");
+        assert_eq!(thread_group("compactor"), "compactor");
+        assert_eq!(thread_group("-3"), "-3");
+        assert_eq!(thread_group("x-"), "x-");
+    }
+
+    #[test]
+    fn own_threads_are_sampled() {
+        // The new thread names itself once it runs: sample after it says so, before it ends.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("probe-1".into())
+            .spawn(move || {
+                started_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        started_rx.recv().unwrap();
+        let g = thread_groups(std::process::id()).unwrap();
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(g
+            .groups
+            .iter()
+            .any(|(name, _, n)| name == "probe" && *n == 1));
+        assert!(g.groups.iter().map(|(_, t, _)| t).sum::<u64>() <= g.total_ticks);
     }
 
     #[test]
