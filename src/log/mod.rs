@@ -29,6 +29,8 @@ mod service;
 mod writer;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
