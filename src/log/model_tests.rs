@@ -653,7 +653,9 @@ fn config(dir: &Path) -> LogConfig {
         // Rolls come from the operations (and sizes) only, never from the clock.
         segment_max_age: Duration::from_secs(3600),
         prefault_window: 16 << 10,
-        retain_bytes: None,
+        disk_budget: None,
+        durability: Durability::Os,
+        flush_interval: LogConfig::DEFAULT_FLUSH_INTERVAL,
     }
 }
 
@@ -882,11 +884,9 @@ fn copy_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
-        // Not `spare/` either (no acknowledged record is there; spares come back as segments
-        // retire): opening a spare while the service takes its write lease (`is_sole_opener`)
-        // breaks the lease and the kernel sends this process SIGIO, which kills it. A bug of the
-        // log, not of the model; copy `spare/` again once it is fixed.
-        if name == format::LOCK_FILE || name == format::SPARE_DIR {
+        // Copying `spare/` opens spares while the service may hold its instant write lease on
+        // one (`is_sole_opener`): the lease break signals SIGIO, which the service handles.
+        if name == format::LOCK_FILE {
             continue;
         }
         let path = entry.path();

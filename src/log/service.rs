@@ -252,6 +252,7 @@ impl SegmentService {
     /// and has it prepare a first segment for each of `workers` workers.
     pub fn start(cfg: LogConfig, workers: u16) -> Result<Self, LogError> {
         let capacity = cfg.validate()?;
+        survive_lease_breaks()?;
         let segments_dir = cfg.segments_dir();
         std::fs::create_dir_all(segments_dir.join(format::SPARE_DIR))?;
         let lock = recovery::lock_dir(&segments_dir)?;
@@ -379,6 +380,25 @@ pub struct SegmentCounts {
     pub reused: u64,
     pub retired: u64,
     pub forced_out: u64,
+}
+
+/// The write lease that `mmap::is_sole_opener` takes for an instant is broken when another
+/// process (a shipper, `cp`) opens the spare file in that instant, and the kernel then signals
+/// the lease holder with SIGIO, whose default action ends the process. A handler that only sets
+/// a flag keeps the node alive; the lease is released right away regardless. Installed once.
+fn survive_lease_breaks() -> io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            signal_hook::flag::register(
+                signal_hook::consts::SIGIO,
+                Arc::new(AtomicBool::new(false)),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(io::Error::other)
 }
 
 /// Next sequence per worker: one past the highest segment name present (set-aside `.bad` ones

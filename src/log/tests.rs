@@ -1231,3 +1231,34 @@ fn sequences_continue_past_retired_segments_after_a_restart() {
     w.close().unwrap();
     service.shutdown();
 }
+
+/// Another opener breaking the write lease that the reuse check takes for an instant makes the
+/// kernel signal SIGIO; with the service started, that must not end the process.
+#[test]
+fn a_spare_opened_during_the_lease_check_does_not_kill_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let path = dir
+        .path()
+        .join(SEGMENTS_DIR)
+        .join("spare")
+        .join("contended");
+    let file = std::fs::File::create(&path).unwrap();
+    let until = Instant::now() + Duration::from_millis(1500);
+    let opener = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            while Instant::now() < until {
+                drop(std::fs::File::open(&path));
+            }
+        })
+    };
+    let mut checks = 0u64;
+    while Instant::now() < until {
+        let _ = super::mmap::is_sole_opener(&file);
+        checks += 1;
+    }
+    opener.join().unwrap();
+    assert!(checks > 0);
+    service.shutdown();
+}
