@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side comparison: replay-ingest ("os" durability) against nginx (the HTTP near-limit)
-# and the Go reference (what OpenReplay users run today), on this machine, in one invocation.
+# Side-by-side comparison: replay-ingest (default settings: "os" durability, the default disk
+# budget, the compactor on) and replay-ingest with --durability fsync, against nginx (the HTTP
+# near-limit) and the Go reference (what OpenReplay users run today), on this machine, in one
+# invocation.
 #
-#   bench/compare.sh [--quick] [--rounds N] [--duration SECONDS] [--targets "ingest nginx refgo"]
-#                    [--no-extras] [--keep DIR]
+#   bench/compare.sh [--quick] [--rounds N] [--duration SECONDS]
+#                    [--targets "ingest ingest-fsync nginx refgo"] [--fsync-scenarios "wrk-8k"]
+#                    [--catch-up SECONDS] [--no-extras] [--keep DIR]
 #
-# Each round starts every target in turn (A B C A B C ...), runs the same scenarios against it
-# (wrk -t1 -c64 with fixed 1/8/64 KiB bodies through ../shared/peers/wrk/post.lua, then our
-# generator's tracker mix at -c64), and stops it. The server's CPU time (utime+stime of its
-# process tree, from /proc) is sampled around every run. At the end: a table of medians with
-# ratios against nginx and against the Go reference, then replay-ingest's own goals (open loop
-# at half its saturation rate, 10,000 idle connections, peak RSS against run length).
+# Each round runs every target in turn (A B C A B C ...) over the same scenarios (wrk -t1 -c64
+# with fixed 1/8/64 KiB bodies through ../shared/peers/wrk/post.lua, then our generator's
+# tracker mix at -c64; ingest-fsync only the --fsync-scenarios), each scenario against a freshly
+# started server. The server's CPU time (utime+stime of its process tree, from /proc) is sampled
+# around every run; for replay-ingest also per thread name (worker-N: the request path; the
+# compactor, the segment service and the rest: the background), then the script waits for the
+# compactor to catch up (its lag in /health/ready back to 0, at most --catch-up seconds),
+# samples again, stops the node and reads its exit summary (compactor bytes in and out,
+# segment files, group commits). At the end: a table of medians with ratios against nginx and
+# the Go reference, the CPU split, fsync against os, the compactor against ingest, the goal
+# checks, then replay-ingest's other goals (open loop at half its saturation rate, 10,000 idle
+# connections, peak RSS against run length).
 #
 # Loopback only. Every process this script starts is stopped by its pid on exit; the temporary
 # directory (server data, bodies, logs) is removed unless --keep is given.
-# Missing tools (wrk, nginx and its echo/lua modules, Go) are installed with apt-get when run as
-# root; otherwise the script says which packages to install.
+# Missing tools (wrk, nginx and its echo/lua modules, Go, curl) are installed with apt-get when
+# run as root; otherwise the script says which packages to install.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +32,12 @@ ROOT=$(dirname "$HERE")
 PEERS=${PEERS:-$(cd "$ROOT/.." && pwd)/shared/peers}
 ROUNDS=3
 DURATION=10
-TARGETS="ingest nginx refgo"
+TARGETS="ingest ingest-fsync nginx refgo"
+SCENARIOS="wrk-1k wrk-8k wrk-64k mix"
+FSYNC_SCENARIOS="wrk-8k"
+CATCH_UP=60        # seconds a replay-ingest run may take to compact its backlog after the load
+STOP_WAIT=120      # seconds replay-ingest may take to exit after SIGTERM (it compacts what is sealed)
+MIN_FREE_GIB=${MIN_FREE_GIB:-16}    # a 10 s 64 KiB run can leave several GB of segments the compactor has not read
 EXTRAS=1
 KEEP=""
 SECRET=bench-secret
@@ -37,9 +51,11 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --targets) TARGETS=$2; shift ;;
+    --fsync-scenarios) FSYNC_SCENARIOS=$2; shift ;;
+    --catch-up) CATCH_UP=$2; shift ;;
     --no-extras) EXTRAS=0 ;;
     --keep) KEEP=$2; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,6 +72,7 @@ if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_http_echo_
   need_pkgs+=(nginx libnginx-mod-http-echo libnginx-mod-http-lua)
 fi
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v curl >/dev/null || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing ${need_pkgs[*]}"
@@ -72,9 +89,9 @@ fi
 TMP=$(mktemp -d /tmp/replay-compare.XXXXXX)
 PIDS=()
 stop_pid() {
-  local pid=$1
+  local pid=$1 wait_s=${2:-5}
   kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 $((wait_s * 10))); do
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     sleep 0.1
   done
@@ -92,6 +109,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$TMP/logs"
+
+# replay-ingest runs with its default disk budget (80% of the file system), so nothing but free
+# space bounds what a run leaves before the compactor reads it.
+free_gib=$(( $(df -Pk "$TMP" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+if [ "$free_gib" -lt "$MIN_FREE_GIB" ]; then
+  echo "only $free_gib GiB free under $TMP; a 64 KiB run needs about $MIN_FREE_GIB (set MIN_FREE_GIB to override)" >&2
+  exit 1
+fi
 
 # Many idle connections need many descriptors, in the servers (started from here) and the client.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -114,6 +139,7 @@ TOKEN=$(python3 "$PEERS/mktoken.py" "$SECRET" 4242)
 
 # --- targets ------------------------------------------------------------------------------------
 SERVER_PID=""
+SERVER_LOG=""
 PROJECT_KEY=bench
 MIX_TOKEN_ARGS=()
 
@@ -128,22 +154,26 @@ wait_port() {
   return 1
 }
 
+is_ingest() { [ "$1" = ingest ] || [ "$1" = ingest-fsync ]; }
+
+# start_target TARGET LABEL: a fresh server (replay-ingest: a fresh data directory).
 start_target() {
-  local target=$1 round=$2
+  local target=$1 label=$2
+  SERVER_LOG=$TMP/logs/$target-$label.log
   case "$target" in
-    ingest)
-      local data=$TMP/ingest-data-$round
-      # A retention limit like ref-go's -rotate 512MB, so that a 64 KiB run cannot fill the disk;
-      # the node reuses the files it retires.
+    ingest|ingest-fsync)
+      local data=$TMP/ingest-data-$label durability=os
+      [ "$target" = ingest-fsync ] && durability=fsync
+      # Default settings otherwise: the disk budget (80% of the file system), the compactor.
       TOKEN_SECRET=$SECRET "$INGEST_BIN" serve --listen "127.0.0.1:$PORT_INGEST" --data-dir "$data" \
-        --retain-bytes $((512 << 20)) >"$TMP/logs/ingest-$round.log" 2>&1 &
-      SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_INGEST
+        --durability "$durability" >"$SERVER_LOG" 2>&1 &
+      SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_INGEST; DATA_DIR=$data
       wait_port "$PORT"
       for _ in $(seq 1 50); do [ -s "$data/demo-project-key" ] && break; sleep 0.1; done
       PROJECT_KEY=$(cat "$data/demo-project-key"); MIX_TOKEN_ARGS=()
       ;;
     nginx)
-      local dir=$TMP/nginx-$round
+      local dir=$TMP/nginx-$label
       mkdir -p "$dir/logs" "$dir/run" "$dir/tmp"
       # The peer config plus a canned start answer, so that the tracker mix can run against it
       # (nginx still checks no token and stores nothing).
@@ -153,14 +183,14 @@ start_target() {
              print "            return 200 '"'"'{\"token\":\"nginx\",\"sessionID\":\"1\",\"userUUID\":\"u\",\"delay\":0,\"beaconSizeLimit\":1000000}'"'"';";
              print "        }"; done = 1 }
            { print }' "$PEERS/nginx/nginx.conf" >"$dir/nginx.conf"
-      nginx -p "$dir/" -c nginx.conf -e logs/error.log -g 'daemon off;' >"$TMP/logs/nginx-$round.log" 2>&1 &
+      nginx -p "$dir/" -c nginx.conf -e logs/error.log -g 'daemon off;' >"$SERVER_LOG" 2>&1 &
       SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_NGINX
       wait_port "$PORT"; PROJECT_KEY=bench; MIX_TOKEN_ARGS=()
       ;;
     refgo)
-      mkdir -p "$TMP/refgo-$round"
-      "$TMP/ref-go" -addr "127.0.0.1:$PORT_REFGO" -secret "$SECRET" -out "$TMP/refgo-$round/refgo.log" \
-        >"$TMP/logs/refgo-$round.log" 2>&1 &
+      mkdir -p "$TMP/refgo-$label"
+      "$TMP/ref-go" -addr "127.0.0.1:$PORT_REFGO" -secret "$SECRET" -out "$TMP/refgo-$label/refgo.log" \
+        >"$SERVER_LOG" 2>&1 &
       SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_REFGO
       wait_port "$PORT"; PROJECT_KEY=bench; MIX_TOKEN_ARGS=()
       ;;
@@ -168,107 +198,151 @@ start_target() {
   esac
 }
 
+# Stops the server by its pid (replay-ingest gets STOP_WAIT seconds: it compacts what is sealed
+# before it exits) and removes its data.
 stop_target() {
-  stop_pid "$SERVER_PID"
+  local wait_s=5
+  [ -n "${DATA_DIR:-}" ] && wait_s=$STOP_WAIT
+  stop_pid "$SERVER_PID" "$wait_s"
   local keep=() pid
   for pid in "${PIDS[@]}"; do [ "$pid" != "$SERVER_PID" ] && keep+=("$pid"); done
   PIDS=("${keep[@]+"${keep[@]}"}")
   rm -rf "$TMP"/ingest-data-* "$TMP"/refgo-*/refgo.log
+  DATA_DIR=""
 }
+DATA_DIR=""
 
-# The value of KEY in a "WRKSTAT/BENCHSTAT/PROCSTAT k=v ..." line; 0 when absent.
+# The value of KEY in a "WRKSTAT/BENCHSTAT/PROCSTAT/THREADSTAT k=v ..." line; 0 when absent.
 kv() { local v; v=$(tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1); echo "${v:-0}"; }
 
 proc_cpu_us() { "$BENCH_BIN" proc --pid "$SERVER_PID" | kv cpu_us; }
 
-# results.tsv: round target scenario requests duration_us body_bytes server_cpu_us p50_us p99_us errors hwm_kib
-echo -e "round\ttarget\tscenario\trequests\tduration_us\tbody_bytes\tserver_cpu_us\tp50_us\tp99_us\terrors\thwm_kib" >"$TMP/results.tsv"
-
-run_wrk() {
-  local round=$1 target=$2 size=$3 bytes
-  bytes=$(stat -c %s "$TMP/body-$size.bin")
-  local cpu0 cpu1 out
-  cpu0=$(proc_cpu_us)
-  out=$(BODY_FILE="$TMP/body-$size.bin" TOKEN=$TOKEN wrk -t1 -c64 -d"${DURATION}s" --latency \
-        -s "$PEERS/wrk/post.lua" "http://127.0.0.1:$PORT/v1/web/i" 2>&1 | grep '^WRKSTAT' || true)
-  cpu1=$(proc_cpu_us)
-  local hwm; hwm=$("$BENCH_BIN" proc --pid "$SERVER_PID" | kv hwm_kib)
-  local n dur errs
-  n=$(echo "$out" | kv requests); dur=$(echo "$out" | kv duration_us)
-  errs=$(( $(echo "$out" | kv err_status) + $(echo "$out" | kv err_connect) + $(echo "$out" | kv err_read) \
-         + $(echo "$out" | kv err_write) + $(echo "$out" | kv err_timeout) ))
-  echo -e "$round\t$target\twrk-$size\t$n\t$dur\t$((n * bytes))\t$((cpu1 - cpu0))\t$(echo "$out" | kv p50_us)\t$(echo "$out" | kv p99_us)\t$errs\t$hwm" >>"$TMP/results.tsv"
-  log "round $round $target wrk-$size: $(awk -v n="$n" -v d="$dur" 'BEGIN{printf "%.0f req/s", n/d*1e6}'), errors $errs"
+# replay-ingest's CPU by thread name: "total worker compactor segment-service" in µs.
+threads_us() {
+  local line
+  line=$("$BENCH_BIN" threads --pid "$SERVER_PID" 2>/dev/null || true)
+  echo "$(echo "$line" | kv total_us) $(echo "$line" | kv worker_us) $(echo "$line" | kv compactor_us) $(echo "$line" | kv segment-service_us)"
 }
 
-run_mix() {
-  local round=$1 target=$2 out
-  out=$("$BENCH_BIN" mix --url "http://127.0.0.1:$PORT" -c 64 -t 1 -d "${DURATION}s" \
-        --server-pid "$SERVER_PID" --project-key "$PROJECT_KEY" "${MIX_TOKEN_ARGS[@]+"${MIX_TOKEN_ARGS[@]}"}" \
-        2>>"$TMP/logs/mix-$target-$round.log" | grep '^BENCHSTAT')
-  local n; n=$(echo "$out" | kv requests)
-  local errs=$(( $(echo "$out" | kv err_status) + $(echo "$out" | kv err_io) ))
-  echo -e "$round\t$target\tmix\t$n\t$(echo "$out" | kv duration_us)\t$(echo "$out" | kv body_bytes)\t$(echo "$out" | kv server_cpu_us)\t$(echo "$out" | kv p50_us)\t$(echo "$out" | kv p99_us)\t$errs\t$(echo "$out" | kv server_hwm_kib)" >>"$TMP/results.tsv"
-  log "round $round $target mix: $(awk -v n="$n" -v d="$(echo "$out" | kv duration_us)" 'BEGIN{printf "%.0f req/s", n/d*1e6}'), errors $errs"
+# The compactor's lag and the disk budget from /health/ready:
+# "lag_bytes lag_segments used_bytes budget_bytes" (zeros when the node does not answer).
+health() {
+  curl -s -m 2 "http://127.0.0.1:$PORT/health/ready" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except ValueError:
+    d = {}
+c = [x for x in d.get("consumers", []) if x.get("name") == "compactor"] or [{}]
+s = d.get("storage", {})
+print(c[0].get("lag_bytes", 0), c[0].get("lag_segments", 0), s.get("used_bytes", 0), s.get("budget_bytes", 0))' || true
+}
+
+# results.tsv, one line per run. For replay-ingest also: CPU during the run by thread group
+# (cpu_worker/compactor/segsvc/otherbg), background CPU while the compactor caught up after it
+# (cu_compactor, cu_otherbg), how long that took, the compactor's lag when the load ended, what
+# the exit summary says it compacted (raw_bytes into file_bytes), segment files forced out
+# unconsumed, records per group commit (fsync), the data directory's size when the load ended.
+COLS="round target scenario requests duration_us body_bytes server_cpu_us p50_us p99_us errors hwm_kib"
+COLS+=" cpu_worker_us cpu_compactor_us cpu_segsvc_us cpu_otherbg_us cu_compactor_us cu_otherbg_us"
+COLS+=" catchup_ms lag_end_bytes raw_bytes file_bytes forced_out recs_per_flush du_end_bytes"
+echo "$COLS" | tr ' ' '\t' >"$TMP/results.tsv"
+
+# Per run: LOAD_N LOAD_DUR LOAD_BYTES LOAD_CPU LOAD_P50 LOAD_P99 LOAD_ERRS LOAD_HWM.
+run_load() {
+  local scenario=$1 out
+  case "$scenario" in
+    wrk-*)
+      local size=${scenario#wrk-} cpu0 cpu1
+      cpu0=$(proc_cpu_us)
+      out=$(BODY_FILE="$TMP/body-$size.bin" TOKEN=$TOKEN wrk -t1 -c64 -d"${DURATION}s" --latency \
+            -s "$PEERS/wrk/post.lua" "http://127.0.0.1:$PORT/v1/web/i" 2>&1 | grep '^WRKSTAT' || true)
+      cpu1=$(proc_cpu_us)
+      LOAD_N=$(echo "$out" | kv requests); LOAD_DUR=$(echo "$out" | kv duration_us)
+      LOAD_BYTES=$((LOAD_N * $(stat -c %s "$TMP/body-$size.bin"))); LOAD_CPU=$((cpu1 - cpu0))
+      LOAD_P50=$(echo "$out" | kv p50_us); LOAD_P99=$(echo "$out" | kv p99_us)
+      LOAD_ERRS=$(( $(echo "$out" | kv err_status) + $(echo "$out" | kv err_connect) + $(echo "$out" | kv err_read) \
+                  + $(echo "$out" | kv err_write) + $(echo "$out" | kv err_timeout) ))
+      LOAD_HWM=$("$BENCH_BIN" proc --pid "$SERVER_PID" | kv hwm_kib)
+      ;;
+    mix)
+      out=$("$BENCH_BIN" mix --url "http://127.0.0.1:$PORT" -c 64 -t 1 -d "${DURATION}s" \
+            --server-pid "$SERVER_PID" --project-key "$PROJECT_KEY" "${MIX_TOKEN_ARGS[@]+"${MIX_TOKEN_ARGS[@]}"}" \
+            2>>"${SERVER_LOG%.log}.client.log" | grep '^BENCHSTAT' || true)
+      LOAD_N=$(echo "$out" | kv requests); LOAD_DUR=$(echo "$out" | kv duration_us)
+      LOAD_BYTES=$(echo "$out" | kv body_bytes); LOAD_CPU=$(echo "$out" | kv server_cpu_us)
+      LOAD_P50=$(echo "$out" | kv p50_us); LOAD_P99=$(echo "$out" | kv p99_us)
+      LOAD_ERRS=$(( $(echo "$out" | kv err_status) + $(echo "$out" | kv err_io) ))
+      LOAD_HWM=$(echo "$out" | kv server_hwm_kib)
+      ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+}
+
+# The first number after PREFIX on the first log line that has it; 0 when there is none.
+log_num() { sed -n "s/.*$1\([0-9][0-9]*\).*/\1/p" "$2" | head -n1 | grep . || echo 0; }
+
+run_scenario() {
+  local round=$1 target=$2 scenario=$3
+  LABEL=$round-$scenario
+  start_target "$target" "$LABEL"
+  local extra="0 0 0 0 0 0 0 0 0 0 0 0 0"
+  if is_ingest "$target"; then
+    local t0 t1 t2 h1 h catchup_ms=0 du_end start_ms
+    read -r -a t0 <<<"$(threads_us)"
+    run_load "$scenario"
+    read -r -a t1 <<<"$(threads_us)"
+    read -r -a h1 <<<"$(health)"
+    du_end=$(du -sb "$DATA_DIR" 2>/dev/null | cut -f1 || true)
+    # Let the compactor read what the load left (sealed segments only: the open ones seal at
+    # shutdown and are compacted then, outside these figures).
+    start_ms=$(date +%s%3N)
+    h=("${h1[@]}")
+    while [ "${h[1]:-0}" -gt 0 ] && [ $(( $(date +%s%3N) - start_ms )) -lt $((CATCH_UP * 1000)) ]; do
+      sleep 0.5
+      read -r -a h <<<"$(health)"
+    done
+    catchup_ms=$(( $(date +%s%3N) - start_ms ))
+    [ "${h[1]:-0}" -gt 0 ] && log "round $round $target $scenario: compactor still ${h[1]} segments behind after ${CATCH_UP}s"
+    read -r -a t2 <<<"$(threads_us)"
+    stop_target
+    local w=$((t1[1] - t0[1])) c=$((t1[2] - t0[2])) s=$((t1[3] - t0[3]))
+    local o=$(( (t1[0] - t0[0]) - w - c - s ))
+    local cu_c=$((t2[2] - t1[2])) cu_o=$(( (t2[0] - t1[0]) - (t2[1] - t1[1]) - (t2[2] - t1[2]) ))
+    local raw file forced flushes flushed rpf
+    raw=$(sed -n 's/.*compactor: [0-9]* segments, [0-9]* records, \([0-9]*\) bytes into [0-9]* bytes.*/\1/p' "$SERVER_LOG" | head -n1)
+    file=$(sed -n 's/.*compactor: [0-9]* segments, [0-9]* records, [0-9]* bytes into \([0-9]*\) bytes.*/\1/p' "$SERVER_LOG" | head -n1)
+    forced=$(log_num 'retired, ' "$SERVER_LOG")
+    flushes=$(sed -n 's/.*worker [0-9]*: \([0-9]*\) group commits for [0-9]* records.*/\1/p' "$SERVER_LOG" | awk '{s+=$1} END {print s+0}')
+    flushed=$(sed -n 's/.*worker [0-9]*: [0-9]* group commits for \([0-9]*\) records.*/\1/p' "$SERVER_LOG" | awk '{s+=$1} END {print s+0}')
+    rpf=$(awk -v f="$flushes" -v r="$flushed" 'BEGIN { if (f > 0) printf "%.2f", r / f; else print 0 }')
+    [ -n "$raw" ] || log "round $round $target $scenario: no compactor summary in $SERVER_LOG"
+    extra="$w $c $s $o $cu_c $cu_o $catchup_ms ${h1[0]:-0} ${raw:-0} ${file:-0} $forced $rpf ${du_end:-0}"
+  else
+    run_load "$scenario"
+    stop_target
+  fi
+  echo "$round $target $scenario $LOAD_N $LOAD_DUR $LOAD_BYTES $LOAD_CPU $LOAD_P50 $LOAD_P99 $LOAD_ERRS $LOAD_HWM $extra" \
+    | tr ' ' '\t' >>"$TMP/results.tsv"
+  log "round $round $target $scenario: $(awk -v n="$LOAD_N" -v d="$LOAD_DUR" 'BEGIN { r = 0; if (d > 0) r = n / d * 1e6; printf "%.0f req/s", r }'), errors $LOAD_ERRS$(is_ingest "$target" && echo ", compactor lag at the end $((${h1[0]:-0} >> 20)) MiB, caught up in ${catchup_ms} ms")"
+}
+
+scenarios_of() {
+  if [ "$1" = ingest-fsync ]; then echo "$FSYNC_SCENARIOS"; else echo "$SCENARIOS"; fi
 }
 
 # --- rounds ---------------------------------------------------------------------------------------
-log "$ROUNDS round(s) of ${DURATION}s runs; targets: $TARGETS; machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)"
+log "$ROUNDS round(s) of ${DURATION}s runs; targets: $TARGETS; machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq 1 "$ROUNDS"); do
   for target in $TARGETS; do
-    start_target "$target" "$round"
-    for size in 1k 8k 64k; do run_wrk "$round" "$target" "$size"; done
-    run_mix "$round" "$target"
-    stop_target
+    for scenario in $(scenarios_of "$target"); do
+      run_scenario "$round" "$target" "$scenario"
+    done
   done
 done
 
-# --- table of medians -------------------------------------------------------------------------------
-python3 - "$TMP/results.tsv" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def num(r, k):
-    try: return float(r[k])
-    except (ValueError, KeyError): return 0.0
-agg = {}
-for r in rows:
-    n, dur = num(r, "requests"), num(r, "duration_us")
-    if n <= 0 or dur <= 0:
-        continue
-    m = agg.setdefault((r["target"], r["scenario"]), {"rps": [], "mbs": [], "cpu": [], "p99": [], "err": [], "hwm": []})
-    m["rps"].append(n / dur * 1e6)
-    m["mbs"].append(num(r, "body_bytes") / dur)
-    m["cpu"].append(num(r, "server_cpu_us") / n)
-    m["p99"].append(num(r, "p99_us"))
-    m["err"].append(num(r, "errors"))
-    m["hwm"].append(num(r, "hwm_kib") / 1024)
-med = {k: {f: statistics.median(v) for f, v in m.items()} | {"n": len(m["rps"])} for k, m in agg.items()}
-targets = []
-for r in rows:
-    if r["target"] not in targets: targets.append(r["target"])
-scenarios = ["wrk-1k", "wrk-8k", "wrk-64k", "mix"]
-print("\nMedians (n = rounds); CPU = server utime+stime per answered request; ratios are replay-ingest / peer.\n")
-print("| scenario | target | req/s | MB/s | server CPU µs/req | p99 µs | errors | peak RSS MiB | n |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for s in scenarios:
-    for t in targets:
-        m = med.get((t, s))
-        if m:
-            print(f"| {s} | {t} | {m['rps']:.0f} | {m['mbs']:.1f} | {m['cpu']:.1f} | {m['p99']:.0f} | {m['err']:.0f} | {m['hwm']:.1f} | {m['n']} |")
-if "ingest" in targets:
-    print("\n| scenario | req/s vs nginx | CPU/req vs nginx | MB/s vs nginx | req/s vs ref-go | CPU/req vs ref-go |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for s in scenarios:
-        a = med.get(("ingest", s))
-        if not a: continue
-        def ratio(peer, f):
-            b = med.get((peer, s))
-            return f"{a[f] / b[f]:.2f}x" if b and b[f] else "-"
-        print(f"| {s} | {ratio('nginx','rps')} | {ratio('nginx','cpu')} | {ratio('nginx','mbs')} | {ratio('refgo','rps')} | {ratio('refgo','cpu')} |")
-    with open(sys.argv[1] + ".ingest-mix-rps", "w") as f:
-        m = med.get(("ingest", "mix"))
-        f.write(f"{m['rps']:.0f}\n" if m else "0\n")
-EOF
+# --- tables of medians, goal checks ---------------------------------------------------------------
+python3 "$HERE/compare-report.py" "$TMP/results.tsv"
 
 # --- replay-ingest's own goals ----------------------------------------------------------------
 if [ "$EXTRAS" = 1 ] && [[ " $TARGETS " == *" ingest "* ]]; then
