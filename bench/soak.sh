@@ -221,7 +221,7 @@ du = [int(r["du_bytes"]) for r in rows]
 budget = max(int(r["budget_bytes"]) for r in rows) if rows else 0
 top = max(range(len(du)), key=lambda i: du[i]) if du else 0
 text = open(node_log).read()
-comp = re.search(r"compactor: (\d+) segments, (\d+) records, (\d+) bytes into (\d+) bytes, (\d+) quarantined, (\d+) files expired", text)
+comp = re.search(r"compactor: (\d+) segments, (\d+) records, (\d+) bytes into (\d+) bytes(?: in [0-9.]+ s busy)?, (\d+) quarantined, (\d+) files expired", text)
 segs = re.search(r"segment files: (\d+) created, (\d+) reused from \S+, (\d+) retired, (\d+) forced out unconsumed", text)
 flush = re.findall(r"worker \d+: (\d+) group commits for (\d+) records", text)
 print(f"\nSoak: {load} closed loop for {secs} s, `du -sb` every {interval} s ({len(rows)} samples)\n")

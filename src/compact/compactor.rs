@@ -19,6 +19,9 @@
 //! segment no compacted file lists. Readers apply the same rule (`compact::store`). A crash
 //! between the quarantine file and the compacted file may quarantine a bad record twice.
 //!
+//! While it is behind (more than [`CATCH_UP_LAG`] of sealed segments unread) it compresses at a
+//! faster zstd level, trading ratio for keeping up: a segment it holds back cannot be reused.
+//!
 //! # Retention
 //!
 //! At least every [`RETENTION_CHECK`]: compacted files whose newest record is older than the
@@ -50,9 +53,21 @@ use crate::log::{Consumer, Cursor, LogError, Position, SealedSegment, SegmentEve
 pub const CONSUMER_NAME: &str = "compactor";
 /// Where quarantined records go, beside `segments/` and `compacted/`.
 pub const QUARANTINE_DIR: &str = "quarantine";
-/// Bytes of input segments one run takes at most: the writer holds a run's records in memory,
-/// and 256 MiB is four default segments, enough to group a busy minute's sessions together.
-pub const RUN_BYTES: u64 = 256 << 20;
+/// Bytes of input segments one run takes at most: the writer holds a run's records in memory
+/// (the node's RSS grows by about this much while it runs), and one default segment groups a
+/// busy worker's sessions of several seconds together.
+pub const RUN_BYTES: u64 = 64 << 20;
+/// Behind by more than this (sealed segments unread, as the segment service last counted), the
+/// compactor compresses at [`CATCH_UP_LEVEL`]: a compactor that falls behind at level 3 holds
+/// segments back from reuse, which makes storing every new batch dearer (new files), and so
+/// falls further behind. Measured here (bench/RESULTS.md run 6) level 3 compacts the tracker
+/// mix at about 170 MB per CPU-second, while ingest at saturation stores about 390 MB/s.
+pub const CATCH_UP_LAG: u64 = 2 * RUN_BYTES;
+/// zstd's fastest standard level: about twice level 3's speed on these bodies, for a little
+/// less ratio. Behind by more than four times [`CATCH_UP_LAG`], [`FAST_LEVEL`].
+pub const CATCH_UP_LEVEL: i32 = 1;
+/// A negative ("fast") level: several times faster again, ratio of a plain LZ compressor.
+pub const FAST_LEVEL: i32 = -5;
 /// How often retention (age, disk budget) is checked: the budget must follow the disk closely,
 /// and a check reads only the directory entries of new files.
 pub const RETENTION_CHECK: Duration = Duration::from_secs(1);
@@ -143,6 +158,8 @@ impl Compactor {
 
 struct State {
     consumer: Consumer,
+    /// The zstd level of the last run (see `level_for_lag`).
+    last_level: i32,
     heartbeat: Arc<Heartbeat>,
     /// Every compacted file, oldest first.
     files: Vec<KnownFile>,
@@ -183,6 +200,7 @@ impl State {
             files.push(KnownFile::read(&compacted_dir, name)?);
         }
         Ok(State {
+            last_level: config.level,
             consumer,
             heartbeat,
             files,
@@ -198,8 +216,13 @@ impl State {
         let mut backoff = Duration::from_millis(100);
         loop {
             self.heartbeat.beat();
-            match self.compact_available() {
-                Ok(_) => backoff = Duration::from_millis(100),
+            // One run at a time, so that retention (and the disk budget's count of compacted
+            // files) and a stop request are looked at between runs even while behind.
+            let compacted = match self.compact_run() {
+                Ok(segments) => {
+                    backoff = Duration::from_millis(100);
+                    segments
+                }
                 Err(e) => {
                     // The segments of the failed run are read again on the next try.
                     self.consumer.rewind();
@@ -210,14 +233,19 @@ impl State {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
-            }
+            };
             if Instant::now() >= next_retention {
                 if let Err(e) = self.retain() {
                     log::error!("compactor: retention: {e}");
                 }
                 next_retention = Instant::now() + RETENTION_CHECK;
             }
-            match events.recv_timeout(next_retention.saturating_duration_since(Instant::now())) {
+            let wait = if compacted > 0 {
+                Duration::ZERO // more may be waiting: look at the events, then go on
+            } else {
+                next_retention.saturating_duration_since(Instant::now())
+            };
+            match events.recv_timeout(wait) {
                 Ok(SegmentEvent::Sealed(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(SegmentEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -231,12 +259,13 @@ impl State {
         }
         let s = &self.stats;
         log::info!(
-            "compactor: {} segments, {} records, {} bytes into {} bytes, {} quarantined, {} \
-             files expired",
+            "compactor: {} segments, {} records, {} bytes into {} bytes in {:.1} s busy, {} \
+             quarantined, {} files expired",
             s.segments.load(Ordering::Relaxed),
             s.records.load(Ordering::Relaxed),
             s.raw_bytes.load(Ordering::Relaxed),
             s.file_bytes.load(Ordering::Relaxed),
+            s.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
             s.quarantined.load(Ordering::Relaxed),
             s.expired_files.load(Ordering::Relaxed),
         );
@@ -246,28 +275,37 @@ impl State {
     fn compact_available(&mut self) -> Result<u64, LogError> {
         let mut total = 0;
         loop {
-            let mut run = Vec::new();
-            let mut bytes = 0u64;
-            while bytes < RUN_BYTES {
-                let Some(segment) = self.consumer.next_sealed()? else {
-                    break;
-                };
-                bytes += segment.header.sealed_len;
-                run.push(segment);
+            match self.compact_run()? {
+                0 => return Ok(total),
+                n => total += n,
             }
-            if run.is_empty() {
-                return Ok(total);
-            }
-            total += run.len() as u64;
+        }
+    }
+
+    /// One run: the next sealed segments, up to [`RUN_BYTES`]; returns how many (0: none).
+    fn compact_run(&mut self) -> Result<u64, LogError> {
+        let mut run = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < RUN_BYTES {
+            let Some(segment) = self.consumer.next_sealed()? else {
+                break;
+            };
+            bytes += segment.header.sealed_len;
+            run.push(segment);
+        }
+        let segments = run.len() as u64;
+        if segments > 0 {
             self.compact(run)?;
         }
+        Ok(segments)
     }
 
     fn compact(&mut self, run: Vec<SealedSegment>) -> Result<(), LogError> {
         let started = Instant::now();
         let inputs: Vec<SegmentName> = run.iter().map(|s| s.name).collect();
         let cursor = run.last().map(|s| s.cursor.clone()).unwrap_or_default();
-        let mut writer = CompactedWriter::new(&self.compacted_dir, &inputs, self.config.level)?;
+        let level = self.level_for_lag();
+        let mut writer = CompactedWriter::new(&self.compacted_dir, &inputs, level)?;
         let mut quarantine = Vec::new();
         let (mut records, mut raw) = (0u64, 0u64);
         for segment in run {
@@ -316,6 +354,28 @@ impl State {
             started.elapsed()
         );
         Ok(())
+    }
+
+    /// The zstd level for the next run: the configured one, or a faster one while behind.
+    fn level_for_lag(&mut self) -> i32 {
+        let lag = self.consumer.state().lag().bytes;
+        let level = if lag > 4 * CATCH_UP_LAG {
+            FAST_LEVEL
+        } else if lag > CATCH_UP_LAG {
+            CATCH_UP_LEVEL
+        } else {
+            self.config.level
+        };
+        // Never slower than configured.
+        let level = level.min(self.config.level);
+        if level != self.last_level {
+            log::info!(
+                "compactor: {} MiB behind, compressing at zstd level {level}",
+                lag >> 20
+            );
+            self.last_level = level;
+        }
+        level
     }
 
     /// Writes the quarantined records of one run to a file of their own, one JSON object a
