@@ -109,6 +109,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::compact::order::{order_session, SessionRecord};
 use crate::flake;
+use crate::log::format::{le_u16, le_u32, le_u64};
 use crate::log::{RecordKind, RecordMeta, SegmentName, StoredRecord};
 
 pub const COMPACTED_DIR: &str = "compacted";
@@ -372,20 +373,6 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<usize> {
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
-
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
 
 fn header_len(inputs: usize) -> usize {
     HEADER_FIXED_LEN + INPUT_ENTRY_LEN * inputs + HEADER_TAIL_LEN

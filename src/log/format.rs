@@ -380,15 +380,17 @@ pub fn prep_file_name(worker: u16, n: u64) -> String {
     format!("{PREP_PREFIX}w{worker:03}-{n:016x}")
 }
 
-fn le_u16(b: &[u8], at: usize) -> u16 {
+/// Little-endian integers at `at` in `b` (panics past the end: callers check lengths first).
+/// Shared with the compacted format (`compact::format`).
+pub(crate) fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(w)
