@@ -88,16 +88,8 @@ fi
 # --- clean-up: every started process by its pid --------------------------------------------
 TMP=$(mktemp -d /tmp/replay-compare.XXXXXX)
 PIDS=()
-stop_pid() {
-  local pid=$1 wait_s=${2:-5}
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 $((wait_s * 10))); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid and health come from lib.sh.
+source "$HERE/lib.sh"
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -222,20 +214,6 @@ threads_us() {
   local line
   line=$("$BENCH_BIN" threads --pid "$SERVER_PID" 2>/dev/null || true)
   echo "$(echo "$line" | kv total_us) $(echo "$line" | kv worker_us) $(echo "$line" | kv compactor_us) $(echo "$line" | kv segment-service_us)"
-}
-
-# The compactor's lag and the disk budget from /health/ready:
-# "lag_bytes lag_segments used_bytes budget_bytes" (zeros when the node does not answer).
-health() {
-  curl -s -m 2 "http://127.0.0.1:$PORT/health/ready" 2>/dev/null | python3 -c '
-import json, sys
-try:
-    d = json.load(sys.stdin)
-except ValueError:
-    d = {}
-c = [x for x in d.get("consumers", []) if x.get("name") == "compactor"] or [{}]
-s = d.get("storage", {})
-print(c[0].get("lag_bytes", 0), c[0].get("lag_segments", 0), s.get("used_bytes", 0), s.get("budget_bytes", 0))' || true
 }
 
 # results.tsv, one line per run. For replay-ingest also: CPU during the run by thread group

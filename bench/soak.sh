@@ -72,16 +72,8 @@ fi
 # --- clean-up: every started process by its pid --------------------------------------------
 TMP=$(mktemp -d /tmp/replay-soak.XXXXXX)
 PIDS=()
-stop_pid() {
-  local pid=$1 wait_s=${2:-5}
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 $((wait_s * 10))); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid and health come from lib.sh.
+source "$HERE/lib.sh"
 cleanup() {
   local pid
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid" "$STOP_WAIT"; done
@@ -118,18 +110,6 @@ TOKEN=$(python3 "$PEERS/mktoken.py" "$SECRET" 4242)
 
 kv() { local v; v=$(tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1); echo "${v:-0}"; }
 
-# "lag_bytes lag_segments used_bytes budget_bytes full" from /health/ready.
-health() {
-  curl -s -m 2 "http://127.0.0.1:$PORT/health/ready" 2>/dev/null | python3 -c '
-import json, sys
-try:
-    d = json.load(sys.stdin)
-except ValueError:
-    d = {}
-c = [x for x in d.get("consumers", []) if x.get("name") == "compactor"] or [{}]
-s = d.get("storage", {})
-print(c[0].get("lag_bytes", 0), c[0].get("lag_segments", 0), s.get("used_bytes", 0), s.get("budget_bytes", 0), int(bool(s.get("full"))))' || true
-}
 threads_us() {
   local line
   line=$("$BENCH_BIN" threads --pid "$NODE_PID" 2>/dev/null || true)
