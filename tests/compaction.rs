@@ -66,9 +66,7 @@ fn compaction_retires_segments_and_cat_reads_the_compacted_files() {
     let dir = data.path();
     let node = Node::builder()
         .dir(dir)
-        .arg("--segment-size")
-        .arg("4194304")
-        .env("FILE_SIZE_LIMIT", "1000000")
+        .small_segments()
         .arg("--segment-max-age")
         .arg("1s")
         .workers(1)
@@ -229,9 +227,7 @@ fn sigkill_cycles(durability: &str, seed: u64) {
     for cycle in 0..10 {
         let node = Node::builder()
             .dir(dir)
-            .arg("--segment-size")
-            .arg("4194304")
-            .env("FILE_SIZE_LIMIT", "1000000")
+            .small_segments()
             .arg("--segment-max-age")
             .arg("300ms")
             .arg("--durability")

@@ -181,9 +181,7 @@ fn crash_recovery_truncates_a_torn_tail_and_skips_a_damaged_record() {
 #[test]
 fn segments_roll_by_size_and_by_age() {
     let node = Node::builder()
-        .arg("--segment-size")
-        .arg("4194304")
-        .env("FILE_SIZE_LIMIT", "1000000")
+        .small_segments()
         .arg("--segment-max-age")
         .arg("1s")
         .workers(1)

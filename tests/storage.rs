@@ -125,9 +125,7 @@ fn a_full_disk_is_answered_503_with_retry_after_and_the_node_resumes() {
     let data = disk.path().join("data");
     let node = Node::builder()
         .dir(&data)
-        .arg("--segment-size")
-        .arg("4194304")
-        .env("FILE_SIZE_LIMIT", "1000000")
+        .small_segments()
         .arg("--segment-max-age")
         .arg("1s")
         .workers(1)
@@ -234,9 +232,7 @@ fn compacted_data_expires_after_the_retention_period() {
 #[test]
 fn the_disk_budget_deletes_the_oldest_compacted_data_first() {
     let node = Node::builder()
-        .arg("--segment-size")
-        .arg("4194304")
-        .env("FILE_SIZE_LIMIT", "1000000")
+        .small_segments()
         .arg("--segment-max-age")
         .arg("500ms")
         .arg("--disk-budget")

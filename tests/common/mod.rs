@@ -63,6 +63,14 @@ impl NodeBuilder {
         self.dir = Some(dir.to_path_buf());
         self
     }
+    /// 4 MiB segments, so that a test rolls many with few batches. Every body limit must fit
+    /// twice in a segment (the node refuses to start otherwise), so the images limit comes down
+    /// from its 10 MB default to 1 MB with it.
+    pub fn small_segments(self) -> Self {
+        self.arg("--segment-size")
+            .arg("4194304")
+            .env("FILE_SIZE_LIMIT", "1000000")
+    }
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
