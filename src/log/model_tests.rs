@@ -607,8 +607,10 @@ impl Model {
             }
             for &id in &self.segments[segment].records {
                 let r = &mut self.records[id];
-                // A cut header takes the whole segment (recovery sets it aside).
-                if cut < FIRST_RECORD || r.offset + record_len(r.len) > cut {
+                // A cut header takes the whole segment (recovery sets it aside); a record
+                // survives a cut in its padding.
+                let whole = r.offset + (RECORD_HEADER_LEN + r.len) as u64;
+                if cut < FIRST_RECORD || whole > cut {
                     r.harm = Harm::Cut;
                 }
             }

@@ -153,8 +153,9 @@ fn recover_segment(
         return Ok(());
     }
     write_sealed_header(&file, header, scan.end)?;
+    // A file cut inside its last record's padding grows back to the record's padded end.
     file.set_len(scan.end)?;
-    summary.truncated_bytes += len - scan.end;
+    summary.truncated_bytes += len.saturating_sub(scan.end);
     Ok(())
 }
 

@@ -111,12 +111,15 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, LogError> {
         if rec.state == STATE_END {
             break header.is_sealed();
         }
-        let Some(len) = trusted_len(&rec, header.tag()).filter(|&len| len <= rest.len()) else {
+        // A record is whole when its checksummed bytes are: a file cut inside the zero padding
+        // after the last one still holds it (as the live reader, `consumer`, sees it).
+        let payload = RECORD_HEADER_LEN + rec.payload_len as usize;
+        let Some(len) = trusted_len(&rec, header.tag()).filter(|_| payload <= rest.len()) else {
             break true;
         };
         let class = match rec.state {
             STATE_COMMITTED => {
-                let covered = &rest[RECORD_CRC_START..RECORD_HEADER_LEN + rec.payload_len as usize];
+                let covered = &rest[RECORD_CRC_START..payload];
                 let intact = header.record_checksum(covered) == rec.crc
                     && RecordKind::from_u8(rec.kind).is_some()
                     && rec.flags == 0;
@@ -316,6 +319,18 @@ mod tests {
         // Cut inside a zero tail shorter than a header: still clean.
         let scan = scan_segment(&b[..end + 20]).unwrap();
         assert_eq!((scan.records.len(), scan.torn), (2, false));
+        // Cut inside the last record's padding: the record is whole, the file was cut.
+        let payload_end = a + RECORD_HEADER_LEN + 100;
+        assert!(payload_end < end);
+        let scan = scan_segment(&b[..payload_end]).unwrap();
+        assert_eq!(
+            (scan.records.len(), scan.end as usize, scan.torn),
+            (2, end, true)
+        );
+        assert_eq!(classes(&scan), [RecordClass::Valid, RecordClass::Valid]);
+        // One byte of its payload short: gone.
+        let scan = scan_segment(&b[..payload_end - 1]).unwrap();
+        assert_eq!((scan.records.len(), scan.torn), (1, true));
     }
 
     #[test]
@@ -399,7 +414,8 @@ mod tests {
             let cut = rng.random_range(0..=b.len());
             b.truncate(cut);
             if let Ok(scan) = scan_segment(&b) {
-                assert!(scan.end as usize <= b.len().max(64));
+                // Up to the file's end, or the padding of a last record cut inside it.
+                assert!(scan.end as usize <= b.len().max(64).next_multiple_of(8));
                 for r in &scan.records {
                     let _ = (&b[r.name_range()], &b[r.body_range()]);
                 }
