@@ -460,7 +460,7 @@ impl State {
         }
         let budget = Arc::clone(self.consumer.budget());
         self.publish_usage(&budget)?;
-        while budget.excess() > 0 {
+        while budget.compactor_excess() > 0 {
             let Some(i) = self.files.iter().position(|f| f.inputs_gone) else {
                 break;
             };

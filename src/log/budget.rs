@@ -95,6 +95,9 @@ pub struct DiskBudget {
     other_bytes: AtomicU64,
     other_deletable: AtomicU64,
     full: AtomicBool,
+    /// Room the compactor keeps free for the segment files about to be created (see
+    /// [`DiskBudget::compactor_excess`]).
+    headroom: AtomicU64,
     /// The last attempt to prepare a segment file failed (a full disk, say).
     storage_error: AtomicBool,
     /// Compacted files deleted because of the budget.
@@ -109,6 +112,7 @@ impl DiskBudget {
             other_bytes: AtomicU64::new(0),
             other_deletable: AtomicU64::new(0),
             full: AtomicBool::new(false),
+            headroom: AtomicU64::new(0),
             storage_error: AtomicBool::new(false),
             compacted_deleted: AtomicU64::new(0),
         }
@@ -148,13 +152,37 @@ impl DiskBudget {
         self.other_deletable.store(deletable, Ordering::Relaxed);
     }
 
-    /// Bytes over the budget that the compactor should free, 0 if none.
+    /// Bytes over the budget, 0 if none.
     pub fn excess(&self) -> u64 {
-        self.used().saturating_sub(self.limit)
+        self.excess_with(0)
+    }
+
+    /// Bytes over the budget once `more` bytes are added, 0 if they fit.
+    pub fn excess_with(&self, more: u64) -> u64 {
+        self.used().saturating_add(more).saturating_sub(self.limit)
+    }
+
+    /// Bytes of compacted files the compactor should delete: it keeps the headroom free, so
+    /// that the segment service can create the next segment files without going over the
+    /// budget and without forcing out unconsumed segments while older compacted data exists.
+    pub fn compactor_excess(&self) -> u64 {
+        self.excess_with(self.headroom.load(Ordering::Relaxed))
+    }
+
+    /// Set by the segment service: room for the segment files it is about to create. Capped at
+    /// an eighth of the budget, so that a small budget still holds compacted data.
+    pub(crate) fn set_headroom(&self, bytes: u64) {
+        self.headroom
+            .store(bytes.min(self.limit / 8), Ordering::Relaxed);
     }
 
     pub(crate) fn publish_segments(&self, bytes: u64) {
         self.segment_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// A segment file of `bytes` was just created: counted now, before the next measurement.
+    pub(crate) fn add_segment_bytes(&self, bytes: u64) {
+        self.segment_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Whether the compactor could still free bytes itself.

@@ -339,6 +339,11 @@ pub struct ConsumerRegistry {
 }
 
 impl ConsumerRegistry {
+    /// The data directory the registry keeps its files under.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub(crate) fn new(
         data_dir: &Path,
         segments_dir: &Path,

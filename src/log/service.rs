@@ -145,13 +145,23 @@ impl Shared {
                     file
                 }
                 None => {
+                    // A new file adds its capacity to the data directory: refused when that
+                    // goes over the budget and only forcing out (done by the service before it
+                    // prepares, `make_room_for_segment`) could make room. While the compactor
+                    // can still delete, its headroom covers the file.
+                    let budget = self.consumers.budget();
+                    if budget.excess_with(self.capacity as u64) > 0 && !budget.others_can_free() {
+                        return Err(io::Error::new(io::ErrorKind::StorageFull, BudgetRefusal));
+                    }
                     self.created.fetch_add(1, Ordering::Relaxed);
-                    OpenOptions::new()
+                    let file = OpenOptions::new()
                         .read(true)
                         .write(true)
                         .create_new(true)
                         .mode(0o644)
-                        .open(&prep_path)?
+                        .open(&prep_path)?;
+                    budget.add_segment_bytes(self.capacity as u64);
+                    file
                 }
             };
             // Allocates only what is missing: all of a new file, the cut tail of a sealed one.
@@ -174,8 +184,17 @@ impl Shared {
         if made.is_err() {
             let _ = std::fs::remove_file(&prep_path);
         }
-        self.consumers.budget().set_storage_error(made.is_err());
+        // The budget's refusal is not a storage failure: readiness reports it as `full`.
+        let failed = match &made {
+            Ok(_) => false,
+            Err(e) => !BudgetRefusal::is(e),
+        };
+        self.consumers.budget().set_storage_error(failed);
         made
+    }
+
+    fn has_spare(&self) -> bool {
+        list_spares(&self.spare_dir()).is_ok_and(|spares| !spares.is_empty())
     }
 
     fn spare_dir(&self) -> PathBuf {
@@ -221,6 +240,24 @@ impl Shared {
     }
 }
 
+/// Why [`Shared::prepare`] created no file: one more would go over the disk budget.
+#[derive(Debug)]
+pub(crate) struct BudgetRefusal;
+
+impl BudgetRefusal {
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<BudgetRefusal>())
+    }
+}
+
+impl std::fmt::Display for BudgetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk budget: no room for another segment file")
+    }
+}
+
+impl std::error::Error for BudgetRefusal {}
+
 /// Regular files in `dir`, newest (last modified) first.
 fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut spares = Vec::new();
@@ -264,6 +301,10 @@ impl SegmentService {
             None => u64::MAX,
         };
         let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir, DiskBudget::new(limit))?;
+        // Room for each worker's next segment and the one after it.
+        consumers
+            .budget()
+            .set_headroom(capacity as u64 * u64::from(workers) * 2);
 
         let (commands, command_rx) = bounded(COMMAND_QUEUE);
         let workers = (0..workers)
@@ -463,6 +504,7 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
                 let Some(slot) = shared.workers.get(usize::from(worker)) else {
                     continue;
                 };
+                retained.make_room_for_segment(shared);
                 let prepared = shared.prepare(worker, prefault_supported);
                 if let Err(e) = &prepared {
                     log::error!("preparing a segment for worker {worker}: {e}");
@@ -608,7 +650,19 @@ impl Retained {
         }
         self.segments = kept;
         self.publish_lags(shared, now);
-        if let Err(e) = self.enforce_budget(shared) {
+        if let Err(e) = self.enforce_budget(shared, 0) {
+            log::error!("disk budget: {e}");
+        }
+    }
+
+    /// Before a segment is prepared: unless a spare can be reused, makes room for a new file
+    /// now rather than at the next check, so that the data directory never goes over the
+    /// budget between checks (at 1 GB/s that is four 64 MiB segments).
+    fn make_room_for_segment(&mut self, shared: &Shared) {
+        if shared.has_spare() {
+            return;
+        }
+        if let Err(e) = self.enforce_budget(shared, shared.capacity as u64) {
             log::error!("disk budget: {e}");
         }
     }
@@ -631,25 +685,31 @@ impl Retained {
         }
     }
 
-    /// Publishes what the segment files take; over the budget, and once the compactor has
-    /// nothing left to delete, deletes spare files and then forces out the oldest sealed
-    /// segments; sets the budget's `full` flag when nothing is left to retire.
-    fn enforce_budget(&mut self, shared: &Shared) -> io::Result<()> {
+    /// Publishes what the segment files take; over the budget (with `need` bytes more to
+    /// come), and once the compactor has nothing left to delete, deletes spare files and then
+    /// forces out the oldest sealed segments; sets the budget's `full` flag when it is over
+    /// and nothing is left to retire.
+    fn enforce_budget(&mut self, shared: &Shared, need: u64) -> io::Result<()> {
         let budget = shared.consumers.budget();
         let spare_dir = shared.spare_dir();
-        let measure =
-            || -> io::Result<u64> { Ok(dir_bytes(&shared.segments_dir)? + dir_bytes(&spare_dir)?) };
+        // The consumers' cursors and the forced-out record are the node's too.
+        let consumers_dir = shared.consumers.data_dir().join(consumer::CONSUMERS_DIR);
+        let measure = || -> io::Result<u64> {
+            Ok(dir_bytes(&shared.segments_dir)?
+                + dir_bytes(&spare_dir)?
+                + dir_bytes(&consumers_dir)?)
+        };
         budget.publish_segments(measure()?);
-        if budget.excess() > 0 && !budget.others_can_free() {
+        if budget.excess_with(need) > 0 && !budget.others_can_free() {
             for spare in list_spares(&spare_dir)? {
-                if budget.excess() == 0 {
+                if budget.excess_with(need) == 0 {
                     break;
                 }
                 if std::fs::remove_file(&spare).is_ok() {
                     budget.publish_segments(measure()?);
                 }
             }
-            while budget.excess() > 0 {
+            while budget.excess_with(need) > 0 {
                 let Some((name, path, len, _)) = self.segments.pop_front() else {
                     break;
                 };

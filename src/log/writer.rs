@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
+use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::log::format::{
     STATE_COMMITTED, STATE_PENDING,
 };
 use crate::log::mmap::{Region, SegmentMap};
-use crate::log::service::{Command, PreparedSegment, SealJob, Shared};
+use crate::log::service::{BudgetRefusal, Command, PreparedSegment, SealJob, Shared};
 use crate::log::{DiskBudget, Durability, LogError, RecordMeta};
 
 /// How long a new writer waits for the segment the service prepares at start-up (a create and
@@ -331,7 +332,10 @@ impl SegmentWriter {
                     self.prepare_requested = false;
                 }
                 self.stalls += 1;
-                self.shared.prepare(self.worker, false)?
+                match self.shared.prepare(self.worker, false) {
+                    Err(e) if BudgetRefusal::is(&e) => self.prepared_by_service()?,
+                    made => made?,
+                }
             }
         };
         let next = take_into_use(&self.shared, self.worker, prepared)?;
@@ -340,6 +344,19 @@ impl SegmentWriter {
         self.segment_taken();
         self.request_prepare();
         Ok(())
+    }
+
+    /// A new file here would go over the disk budget: only the service can make room (it
+    /// forces out the oldest segments before it prepares), so wait for what it prepares.
+    fn prepared_by_service(&mut self) -> io::Result<PreparedSegment> {
+        self.request_prepare();
+        let slot = &self.shared.workers[usize::from(self.worker)];
+        let received = slot.prepared.recv_timeout(FIRST_SEGMENT_WAIT);
+        self.prepare_requested = false;
+        match received {
+            Ok(prepared) => prepared,
+            Err(_) => Err(io::Error::new(io::ErrorKind::StorageFull, BudgetRefusal)),
+        }
     }
 
     fn request_prepare(&mut self) {

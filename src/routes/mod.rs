@@ -596,7 +596,8 @@ impl From<crate::log::LogError> for Reject {
         let full = match &e {
             crate::log::LogError::Full => true,
             crate::log::LogError::Io(io) => {
-                matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                io.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
             }
             _ => false,
         };
