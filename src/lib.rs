@@ -31,4 +31,5 @@ pub mod net;
 pub mod project;
 pub mod routes;
 pub mod token;
+pub mod upload;
 pub mod useragent;

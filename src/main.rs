@@ -267,6 +267,22 @@ fn export(data_dir: &Path, session: u64, out: &Path, projects: Option<&Path>) ->
                     None => streams.push((name, r.body.to_vec())),
                 }
             }
+            None if r.meta.kind == RecordKind::ImageUpload => {
+                // Names were checked at upload (`safe_file_name`); checked again here.
+                let Ok(upload) = replay_ingest::upload::decode(&r.body) else {
+                    continue;
+                };
+                let images_dir = dir.join("images");
+                std::fs::create_dir_all(&images_dir)?;
+                for file in &upload.files {
+                    if file.name.is_empty() || file.name.contains(['/', '\\']) || file.name == ".."
+                    {
+                        continue;
+                    }
+                    std::fs::write(images_dir.join(file.name), file.data)?;
+                    images += 1;
+                }
+            }
             None if r.meta.kind == RecordKind::Image => {
                 // Stored as `[<key>/]<session>/<file>`; the file name was checked at upload.
                 let name = String::from_utf8_lossy(&r.name);

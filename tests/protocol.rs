@@ -534,29 +534,31 @@ fn mobile_start_batches_late_and_images() {
         &body,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // One record for the upload, named by its storage prefix, holding every file.
     let images: Vec<Value> = node
         .ls()
         .into_iter()
-        .filter(|r| r["kind"] == "image")
+        .filter(|r| r["kind"] == "image-upload")
         .collect();
-    assert_eq!(images.len(), 3);
-    for (name, data) in &files {
-        let key = format!("mobile-key/{sid}/{name}");
-        let rec = images
-            .iter()
-            .find(|r| r["name"] == key.as_str())
-            .unwrap_or_else(|| panic!("{key} in {images:?}"));
-        assert_eq!(rec["size"], data.len());
-        assert_eq!(rec["session"], sid.to_string());
-    }
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["name"], format!("mobile-key/{sid}/"));
+    assert_eq!(images[0]["session"], sid.to_string());
     // Image bytes are intact: read them back through the library's reader (segments or
     // compacted files, wherever they are by now).
     let stored = replay_ingest::compact::store::read_everything(&node.dir).unwrap();
-    for (name, data) in &files {
-        let key = format!("mobile-key/{sid}/{name}");
-        let rec = stored.iter().find(|r| r.name == key.as_bytes()).unwrap();
-        assert_eq!(&rec.body[..], &data[..]);
-    }
+    let rec = stored
+        .iter()
+        .find(|r| r.meta.kind == replay_ingest::log::RecordKind::ImageUpload)
+        .unwrap();
+    let upload = replay_ingest::upload::decode(&rec.body).unwrap();
+    assert_eq!(upload.source, replay_ingest::upload::Source::Mobile);
+    assert!(!upload.frames);
+    let got: Vec<(String, Vec<u8>)> = upload
+        .files
+        .iter()
+        .map(|f| (f.name.to_string(), f.data.to_vec()))
+        .collect();
+    assert_eq!(got, files);
     // `export` writes the session's stream and its images under <projectKey>/<sessionID>/.
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(BIN)

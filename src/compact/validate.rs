@@ -2,7 +2,7 @@
 //!
 //! Enters: a record's kind and body, as read from a sealed segment. Leaves: `Ok(())`, or a
 //! [`Quarantine`] reason that says which check failed and where, for the operator (counted and
-//! logged by the caller, the record set aside). Runs on the compactor thread; `cat`/`ls` may
+//! logged by the caller, the record set aside). Runs on the compactor and forwarder threads; `cat`/`ls` may
 //! call it on the CLI's thread to flag records. Pure, no allocation.
 //!
 //! OpenReplay's consumers drop a batch whose framing breaks and still acknowledge it
@@ -15,6 +15,7 @@
 //! | `MobileBatch` | [`codec::walk_mobile_batch`] reads its MobileBatchMeta (the rest is opaque) |
 //! | `SessionStart` | its first message type (a uint) is 1 |
 //! | `MobileSessionStart` | its first message type (a uint) is 90 |
+//! | `ImageUpload` | its files decode (`crate::upload`); the images themselves are opaque |
 //! | `Image`, `NotStarted` | always: not batches |
 
 use std::fmt;
@@ -36,6 +37,8 @@ pub enum Problem {
     Framing(WalkError),
     /// A start record whose first message is another type.
     StartType { want: u64, found: u64 },
+    /// An image upload record that does not decode.
+    Upload(crate::upload::UploadError),
 }
 
 impl fmt::Display for Quarantine {
@@ -48,12 +51,14 @@ impl fmt::Display for Quarantine {
             RecordKind::MobileSessionStart => "mobile session start",
             RecordKind::Image => "image",
             RecordKind::NotStarted => "not-started record",
+            RecordKind::ImageUpload => "image upload",
         };
         match self.problem {
             Problem::Framing(e) => write!(f, "{what}: {e}"),
             Problem::StartType { want, found } => {
                 write!(f, "{what}: first message is type {found}, not {want}")
             }
+            Problem::Upload(e) => write!(f, "{e}"),
         }
     }
 }
@@ -74,6 +79,9 @@ pub fn check_record(kind: RecordKind, body: &[u8]) -> Result<(), Quarantine> {
         RecordKind::MobileSessionStart => {
             check_start(body, codec::MSG_MOBILE_SESSION_START).map_err(refuse)
         }
+        RecordKind::ImageUpload => crate::upload::decode(body)
+            .map(drop)
+            .map_err(|e| refuse(Problem::Upload(e))),
         RecordKind::Image | RecordKind::NotStarted => Ok(()),
     }
 }

@@ -57,8 +57,11 @@ pub enum RecordKind {
     MobileBatch = 3,
     SessionStart = 4,
     MobileSessionStart = 5,
+    /// One image file, as nodes before [`RecordKind::ImageUpload`] stored uploads (still read).
     Image = 6,
     NotStarted = 7,
+    /// Every file of one image upload, with its form type (`crate::upload`).
+    ImageUpload = 8,
 }
 
 /// The queue topics of OpenReplay's pipeline (their names are the caller's configuration).
@@ -73,7 +76,7 @@ pub enum Topic {
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::WebBatch,
         RecordKind::WebAssetsBatch,
         RecordKind::MobileBatch,
@@ -81,6 +84,7 @@ impl RecordKind {
         RecordKind::MobileSessionStart,
         RecordKind::Image,
         RecordKind::NotStarted,
+        RecordKind::ImageUpload,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -94,7 +98,7 @@ impl RecordKind {
             RecordKind::WebBatch | RecordKind::SessionStart => Some(Topic::Raw),
             RecordKind::WebAssetsBatch => Some(Topic::RawAssets),
             RecordKind::MobileBatch | RecordKind::MobileSessionStart => Some(Topic::RawIos),
-            RecordKind::Image | RecordKind::NotStarted => None,
+            RecordKind::Image | RecordKind::ImageUpload | RecordKind::NotStarted => None,
         }
     }
 
@@ -108,6 +112,7 @@ impl RecordKind {
             RecordKind::MobileSessionStart => "mobile-session-start",
             RecordKind::Image => "image",
             RecordKind::NotStarted => "not-started",
+            RecordKind::ImageUpload => "image-upload",
         }
     }
 }

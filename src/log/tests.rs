@@ -728,7 +728,7 @@ fn record_kinds() {
         assert_eq!(RecordKind::from_u8(k as u8), Some(k));
     }
     assert_eq!(RecordKind::from_u8(0), None);
-    assert_eq!(RecordKind::from_u8(8), None);
+    assert_eq!(RecordKind::from_u8(9), None);
     let topics = [
         (RecordKind::WebBatch, Some(Topic::Raw), "web-batch"),
         (RecordKind::SessionStart, Some(Topic::Raw), "session-start"),
@@ -745,6 +745,7 @@ fn record_kinds() {
         ),
         (RecordKind::Image, None, "image"),
         (RecordKind::NotStarted, None, "not-started"),
+        (RecordKind::ImageUpload, None, "image-upload"),
     ];
     for (k, topic, name) in topics {
         assert_eq!((k.topic(), k.as_str()), (topic, name));

@@ -1,11 +1,13 @@
 //! Image uploads: mobile screenshots (`/v1/ios/images`, `/v1/mobile/images`) and web canvas
-//! frames (`/v1/web/images`), multipart/form-data. Each file becomes one Image record named by
-//! its storage key, `<projectKey>/<sessionID>/<file name>` as OpenReplay keys them (web canvas
-//! frames: `<sessionID>/<file name>`). Worker threads.
+//! frames (`/v1/web/images`), multipart/form-data. An upload becomes one `ImageUpload` record
+//! (`crate::upload`: its files and the form's `type`) named by its storage prefix,
+//! `<projectKey>/<sessionID>/` as OpenReplay keys the files (web canvas frames:
+//! `<sessionID>/`). Worker threads.
 
 use super::{now_ns, Answer, Pending, Reject, Route, WorkerCtx};
 use crate::http::{parse_form, MultipartError, Status};
 use crate::log::{RecordKind, RecordMeta};
+use crate::upload::{self, Source};
 
 impl From<MultipartError> for Reject {
     fn from(e: MultipartError) -> Reject {
@@ -56,22 +58,40 @@ pub(super) fn upload(ctx: &mut WorkerCtx<'_>, p: &Pending, body: &[u8]) -> Resul
     if files.is_empty() {
         return Err(Reject(Status::BadRequest, "no files in the upload"));
     }
-    let mut names = Vec::with_capacity(files.len());
+    // One record for the whole upload, as it came: the forwarders build OpenReplay's image
+    // message from every file of it and the form's `type` (`crate::upload`).
+    let frames = parts
+        .iter()
+        .any(|part| part.file_name.is_none() && part.name == "type" && &part.data[..] == b"frames");
+    let source = if p.route == Route::MobileImages {
+        Source::Mobile
+    } else {
+        Source::Canvas
+    };
+    let head = upload::head(source, frames);
+    let mut file_heads = Vec::with_capacity(files.len());
     for file in &files {
         let name = file.file_name.as_deref().and_then(safe_file_name);
         let Some(name) = name else {
             return Err(Reject(Status::BadRequest, "bad file name"));
         };
-        names.push(format!("{prefix}{name}"));
-    }
-    for (file, name) in files.iter().zip(&names) {
-        let meta = RecordMeta {
-            session_id,
-            arrival_unix_ns: now_ns(),
-            kind: RecordKind::Image,
+        let Some(file_head) = upload::file_head(name, file.data.len()) else {
+            return Err(Reject(Status::PayloadTooLarge, "file too large"));
         };
-        ctx.log.append(meta, name.as_bytes(), &[&file.data])?;
+        file_heads.push(file_head);
     }
+    let mut body: Vec<&[u8]> = Vec::with_capacity(1 + 2 * files.len());
+    body.push(&head);
+    for (file, file_head) in files.iter().zip(&file_heads) {
+        body.push(file_head);
+        body.push(&file.data);
+    }
+    let meta = RecordMeta {
+        session_id,
+        arrival_unix_ns: now_ns(),
+        kind: RecordKind::ImageUpload,
+    };
+    ctx.log.append(meta, prefix.as_bytes(), &body)?;
     Ok(Answer::Ok)
 }
 
