@@ -13,6 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactorConfig;
+use crate::forward::kafka::KafkaConfig;
+use crate::forward::message::ImageFormat;
+use crate::forward::redis::RedisConfig;
+use crate::forward::Topics;
 use crate::log::{BudgetSetting, Durability, LogConfig};
 
 /// Everything a node needs to run, validated.
@@ -35,9 +39,12 @@ pub struct Config {
     pub json_size_limit: u64,
     pub file_size_limit: u64,
     pub use_cors: bool,
-    pub topic_raw_web: String,
-    pub topic_raw_ios: String,
-    pub topic_raw_assets: String,
+    /// Queue topic names and the image message format.
+    pub topics: Topics,
+    /// The Redis Streams forwarder, when `REDIS_STRING` is set.
+    pub redis: Option<RedisConfig>,
+    /// The Kafka forwarder, when `KAFKA_SERVERS` is set.
+    pub kafka: Option<KafkaConfig>,
     pub segment_size: u64,
     pub segment_max_age: Duration,
     pub prefault_window: usize,
@@ -107,6 +114,43 @@ pub struct ServeArgs {
     pub topic_raw_ios: Option<String>,
     #[arg(long, env = "TOPIC_RAW_ASSETS")]
     pub topic_raw_assets: Option<String>,
+    #[arg(long, env = "TOPIC_RAW_IMAGES")]
+    pub topic_raw_images: Option<String>,
+    #[arg(long, env = "TOPIC_CANVAS_IMAGES")]
+    pub topic_canvas_images: Option<String>,
+    /// Image messages as the deployed image services read them: `frames` (default; OpenReplay
+    /// since mid 2023) or `files` (each uploaded file as is, older releases).
+    #[arg(long, value_parser = ImageFormat::parse)]
+    pub image_format: Option<ImageFormat>,
+    /// Forward to Redis Streams (a `redis://` or `rediss://` URL).
+    #[arg(long, env = "REDIS_STRING", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// Trim Redis streams by age, in seconds (0, the default: by length).
+    #[arg(long, env = "REDIS_STREAMS_TTL_SEC")]
+    pub redis_streams_ttl_sec: Option<u64>,
+    /// Trim Redis streams to about this many entries (default 10000), when the TTL is 0.
+    #[arg(long, env = "REDIS_STREAMS_MAX_LEN")]
+    pub redis_streams_max_len: Option<u64>,
+    /// Forward to Kafka: the bootstrap servers.
+    #[arg(long, env = "KAFKA_SERVERS")]
+    pub kafka_servers: Option<String>,
+    #[arg(long, env = "KAFKA_USE_SSL", value_parser = parse_bool)]
+    pub kafka_use_ssl: Option<bool>,
+    #[arg(long, env = "KAFKA_SSL_CA")]
+    pub kafka_ssl_ca: Option<String>,
+    #[arg(long, env = "KAFKA_SSL_KEY")]
+    pub kafka_ssl_key: Option<String>,
+    #[arg(long, env = "KAFKA_SSL_CERT")]
+    pub kafka_ssl_cert: Option<String>,
+    /// Kafka compression (default zstd).
+    #[arg(long, env = "COMPRESSION_TYPE")]
+    pub compression_type: Option<String>,
+    /// Largest Kafka message in bytes (default 1048576); larger values are quarantined.
+    #[arg(long, env = "QUEUE_MESSAGE_SIZE_LIMIT")]
+    pub queue_message_size_limit: Option<usize>,
+    /// Partitions of each Kafka topic (default 16): a session goes to `sessionID % N`.
+    #[arg(long)]
+    pub kafka_partitions: Option<u32>,
     /// Segment size in bytes (default 64 MiB).
     #[arg(long)]
     pub segment_size: Option<u64>,
@@ -166,6 +210,21 @@ struct FileConfig {
     topic_raw_web: Option<String>,
     topic_raw_ios: Option<String>,
     topic_raw_assets: Option<String>,
+    topic_raw_images: Option<String>,
+    topic_canvas_images: Option<String>,
+    #[serde(default, deserialize_with = "image_format_opt")]
+    image_format: Option<ImageFormat>,
+    redis: Option<String>,
+    redis_streams_ttl_sec: Option<u64>,
+    redis_streams_max_len: Option<u64>,
+    kafka_servers: Option<String>,
+    kafka_use_ssl: Option<bool>,
+    kafka_ssl_ca: Option<String>,
+    kafka_ssl_key: Option<String>,
+    kafka_ssl_cert: Option<String>,
+    compression_type: Option<String>,
+    queue_message_size_limit: Option<usize>,
+    kafka_partitions: Option<u32>,
     segment_size: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     segment_max_age: Option<Duration>,
@@ -180,6 +239,14 @@ struct FileConfig {
     retention: Option<Duration>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
+}
+
+fn image_format_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ImageFormat>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|t| ImageFormat::parse(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 fn durability_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Durability>, D::Error> {
@@ -318,21 +385,60 @@ impl Config {
                 .or(f.file_size_limit)
                 .unwrap_or(10_000_000),
             use_cors: a.use_cors.or(f.use_cors).unwrap_or(true),
-            topic_raw_web: a
-                .topic_raw_web
+            topics: Topics {
+                raw_web: pick(&a.topic_raw_web, f.topic_raw_web, "raw"),
+                raw_ios: pick(&a.topic_raw_ios, f.topic_raw_ios, "raw-ios"),
+                raw_assets: pick(&a.topic_raw_assets, f.topic_raw_assets, "raw-assets"),
+                raw_images: pick(&a.topic_raw_images, f.topic_raw_images, "raw-images"),
+                canvas_images: pick(
+                    &a.topic_canvas_images,
+                    f.topic_canvas_images,
+                    "canvas-images",
+                ),
+                image_format: a.image_format.or(f.image_format).unwrap_or_default(),
+            },
+            redis: a
+                .redis
                 .clone()
-                .or(f.topic_raw_web)
-                .unwrap_or_else(|| "raw".into()),
-            topic_raw_ios: a
-                .topic_raw_ios
+                .or(f.redis)
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| RedisConfig {
+                    url: url.trim().to_string(),
+                    ttl: Duration::from_secs(
+                        a.redis_streams_ttl_sec
+                            .or(f.redis_streams_ttl_sec)
+                            .unwrap_or(0),
+                    ),
+                    max_len: a
+                        .redis_streams_max_len
+                        .or(f.redis_streams_max_len)
+                        .unwrap_or(RedisConfig::DEFAULT_MAX_LEN),
+                }),
+            kafka: a
+                .kafka_servers
                 .clone()
-                .or(f.topic_raw_ios)
-                .unwrap_or_else(|| "raw-ios".into()),
-            topic_raw_assets: a
-                .topic_raw_assets
-                .clone()
-                .or(f.topic_raw_assets)
-                .unwrap_or_else(|| "raw-assets".into()),
+                .or(f.kafka_servers)
+                .filter(|servers| !servers.trim().is_empty())
+                .map(|servers| KafkaConfig {
+                    servers: servers.trim().to_string(),
+                    use_ssl: a.kafka_use_ssl.or(f.kafka_use_ssl).unwrap_or(false),
+                    ssl_ca: a.kafka_ssl_ca.clone().or(f.kafka_ssl_ca),
+                    ssl_key: a.kafka_ssl_key.clone().or(f.kafka_ssl_key),
+                    ssl_cert: a.kafka_ssl_cert.clone().or(f.kafka_ssl_cert),
+                    compression: pick(
+                        &a.compression_type,
+                        f.compression_type,
+                        KafkaConfig::DEFAULT_COMPRESSION,
+                    ),
+                    message_size_limit: a
+                        .queue_message_size_limit
+                        .or(f.queue_message_size_limit)
+                        .unwrap_or(KafkaConfig::DEFAULT_MESSAGE_SIZE_LIMIT),
+                    partitions: a
+                        .kafka_partitions
+                        .or(f.kafka_partitions)
+                        .unwrap_or(KafkaConfig::DEFAULT_PARTITIONS),
+                }),
             segment_size,
             segment_max_age: a
                 .segment_max_age
@@ -360,6 +466,21 @@ impl Config {
                 .or(f.max_connections)
                 .unwrap_or_else(default_max_connections),
         };
+        if let Some(kafka) = &config.kafka {
+            if !cfg!(feature = "kafka") {
+                return Err(ConfigError::Invalid(
+                    "KAFKA_SERVERS is set but this build has no Kafka (the `kafka` feature)",
+                ));
+            }
+            if kafka.partitions == 0 {
+                return Err(ConfigError::Invalid("kafka_partitions must be at least 1"));
+            }
+            if kafka.message_size_limit < 1000 {
+                return Err(ConfigError::Invalid(
+                    "QUEUE_MESSAGE_SIZE_LIMIT must be at least 1000 bytes",
+                ));
+            }
+        }
         if config.json_size_limit == 0 || config.beacon_size_limit == 0 {
             return Err(ConfigError::Invalid("size limits must be positive"));
         }
@@ -404,6 +525,11 @@ impl Config {
     pub fn data_path(&self, name: &str) -> PathBuf {
         self.data_dir.join(name)
     }
+}
+
+/// A string setting: the flag (or its environment variable), the file, the default.
+fn pick(arg: &Option<String>, file: Option<String>, default: &str) -> String {
+    arg.clone().or(file).unwrap_or_else(|| default.to_string())
 }
 
 /// Leaves room under the descriptor limit for segment files and the listeners.

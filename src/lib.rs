@@ -9,7 +9,9 @@
 //!   == 200 ==  (the request path ends here; everything below reads the log as a consumer)
 //!   -> log consumers (named, durable cursors; retention waits for all of them)
 //!        -> compact (its own thread: validate, quarantine, group by session, zstd + index)
-//!        -> (forwarders to Redis Streams / Kafka, the database writer: next)
+//!        -> forward (a thread per queue: record -> OpenReplay's message; Redis Streams, Kafka;
+//!           the cursor moves once the queue acknowledged)
+//!        -> (the database writer: next)
 //! admin: health (heartbeats, disk budget, consumer lags), read by the routes
 //! ```
 
@@ -24,6 +26,7 @@ pub mod compact;
 pub mod config;
 pub mod device;
 pub mod flake;
+pub mod forward;
 pub mod geo;
 pub mod http;
 pub mod log;

@@ -15,8 +15,12 @@ use replay_ingest::admin::health::DEFAULT_READY_MAX_LAG;
 use replay_ingest::admin::Health;
 use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
+use replay_ingest::forward::redis::RedisProducer;
+use replay_ingest::forward::{Forwarder, Producer};
 use replay_ingest::geo::GeoDb;
-use replay_ingest::log::{self as seglog, Lag, RecordKind, SegmentEvent, SegmentService, Topic};
+use replay_ingest::log::{
+    self as seglog, ConsumerRegistry, Lag, RecordKind, SegmentEvent, SegmentService, Topic,
+};
 use replay_ingest::net::Server;
 use replay_ingest::project::Projects;
 use replay_ingest::routes::NodeState;
@@ -166,6 +170,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
             .context("cannot start the compactor")?;
         (tx, compactor)
     };
+    let forwarders = start_forwarders(&config, &registry, &mut health)?;
     registry.registration_complete();
 
     let segments = Arc::new(segments);
@@ -194,12 +199,79 @@ fn serve(args: &ServeArgs) -> Result<()> {
         Ok(segments) => segments.shutdown(),
         Err(_) => log::error!("segment service still shared at shutdown"),
     }
-    // The compactor takes what the last seals left, then saves its cursor.
+    // Forwarders send what the last seals left (while their queue takes it, for a few
+    // seconds at most), then save their cursors; the compactor likewise.
+    for forwarder in forwarders {
+        forwarder.stop();
+    }
     let (events, compactor) = compactor_events;
     let _ = events.send(SegmentEvent::Shutdown);
     compactor.join();
     log::info!("stopped");
     Ok(())
+}
+
+/// Registers and starts a forwarder for each queue configured (before traffic flows, so that
+/// retention keeps what they have not sent).
+fn start_forwarders(
+    config: &Config,
+    registry: &Arc<ConsumerRegistry>,
+    health: &mut Health,
+) -> Result<Vec<Forwarder>> {
+    let mut producers: Vec<Box<dyn Producer>> = Vec::new();
+    if let Some(redis) = &config.redis {
+        let producer =
+            RedisProducer::new(redis.clone(), config.topics.clone()).map_err(anyhow::Error::msg)?;
+        log::info!(
+            "forwarding to Redis Streams at {} ({})",
+            redact_url(&redis.url_with_scheme()),
+            if redis.ttl.is_zero() {
+                format!("streams trimmed to about {} entries", redis.max_len)
+            } else {
+                format!("entries kept {}", humantime::format_duration(redis.ttl))
+            }
+        );
+        producers.push(Box::new(producer));
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = &config.kafka {
+        let producer =
+            replay_ingest::forward::kafka::KafkaProducer::new(kafka.clone(), config.topics.clone())
+                .map_err(anyhow::Error::msg)?;
+        log::info!(
+            "forwarding to Kafka at {} ({} partitions, {} compression)",
+            kafka.servers,
+            kafka.partitions,
+            kafka.compression
+        );
+        producers.push(Box::new(producer));
+    }
+    let mut forwarders = Vec::new();
+    for producer in producers {
+        let name = format!("forward-{}", producer.name());
+        let consumer = registry.register(&name)?;
+        let beat = health.heartbeat(&name);
+        let forwarder = Forwarder::start(
+            consumer,
+            producer,
+            config.topics.clone(),
+            config.data_dir.clone(),
+            beat,
+        )
+        .with_context(|| format!("cannot start {name}"))?;
+        forwarders.push(forwarder);
+    }
+    Ok(forwarders)
+}
+
+/// A URL without its password, for the logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The demo project's key: generated on the first run and kept, so restarts keep it.
@@ -400,6 +472,7 @@ fn ls(data_dir: &Path, json: bool) -> Result<()> {
             }),
         );
         let saved = humantime::format_rfc3339_millis(saved).to_string();
+        let delivered = seglog::consumer::load_delivered(data_dir, &name)?;
         let oldest_age = lag.oldest_unix_ns.map(|t| {
             let now = std::time::SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -418,6 +491,8 @@ fn ls(data_dir: &Path, json: bool) -> Result<()> {
                 "cursor": cursor.positions.iter().map(|(w, p)| {
                     serde_json::json!({"worker": w, "seq": p.seq, "offset": p.offset})
                 }).collect::<Vec<_>>(),
+                "delivered_records": delivered.records,
+                "delivered_bytes": delivered.bytes,
                 "lag_records": lag.records,
                 "lag_bytes": lag.bytes,
                 "oldest_unconsumed_age_ms": oldest_age.map(|d| d.as_millis() as u64),
@@ -429,12 +504,20 @@ fn ls(data_dir: &Path, json: bool) -> Result<()> {
             });
             writeln!(
                 out,
-                "# consumer {name}: cursor {} (saved {saved}); lag {} records, {} bytes, oldest \
-                 unconsumed {age}",
+                "# consumer {name}: cursor {} (saved {saved}); {}lag {} records, {} bytes, \
+                 oldest unconsumed {age}",
                 if positions.is_empty() {
                     "at the start".to_string()
                 } else {
                     positions.join(" ")
+                },
+                if delivered.records > 0 {
+                    format!(
+                        "handed on {} records, {} bytes; ",
+                        delivered.records, delivered.bytes
+                    )
+                } else {
+                    String::new()
                 },
                 lag.records,
                 lag.bytes,

@@ -153,12 +153,35 @@ struct CursorFile {
     consumer: String,
     saved_unix_ns: u64,
     cursor: Cursor,
+    /// What the consumer handed on up to this cursor, over its whole life (0 for one that does
+    /// not count, such as the compactor; absent in files written before it was kept).
+    #[serde(default)]
+    delivered: Delivered,
+}
+
+/// Records and body bytes a consumer handed on (a forwarder: acknowledged by its queue).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 const CURSOR_FILE_VERSION: u32 = 1;
 
 /// Reads the saved cursor of `name` under `data_dir`; `None` if it was never saved.
 pub fn load_cursor(data_dir: &Path, name: &str) -> Result<Option<(Cursor, SystemTime)>, LogError> {
+    Ok(load_saved(data_dir, name)?.map(|(cursor, at, _)| (cursor, at)))
+}
+
+/// What the consumer `name` handed on up to its saved cursor (zero if it never saved one).
+pub fn load_delivered(data_dir: &Path, name: &str) -> Result<Delivered, LogError> {
+    Ok(load_saved(data_dir, name)?.map_or_else(Delivered::default, |(_, _, d)| d))
+}
+
+fn load_saved(
+    data_dir: &Path,
+    name: &str,
+) -> Result<Option<(Cursor, SystemTime, Delivered)>, LogError> {
     let path = cursor_path(data_dir, name);
     let text = match std::fs::read(&path) {
         Ok(text) => text,
@@ -184,6 +207,7 @@ pub fn load_cursor(data_dir: &Path, name: &str) -> Result<Option<(Cursor, System
     Ok(Some((
         file.cursor,
         UNIX_EPOCH + Duration::from_nanos(file.saved_unix_ns),
+        file.delivered,
     )))
 }
 
@@ -370,8 +394,11 @@ impl ConsumerRegistry {
         if !valid_name(name) {
             return Err(LogError::Config("consumer names are 1-64 of [A-Za-z0-9_-]"));
         }
-        let (cursor, saved_at) =
-            load_cursor(&self.data_dir, name)?.unwrap_or((Cursor::default(), UNIX_EPOCH));
+        let (cursor, saved_at, delivered) = load_saved(&self.data_dir, name)?.unwrap_or((
+            Cursor::default(),
+            UNIX_EPOCH,
+            Delivered::default(),
+        ));
         let state = Arc::new(ConsumerState {
             name: name.to_string(),
             saved: Mutex::new((cursor.clone(), saved_at)),
@@ -396,6 +423,7 @@ impl ConsumerRegistry {
             saved: cursor,
             last_save: Instant::now(),
             save_interval: DEFAULT_SAVE_INTERVAL,
+            delivered,
         })
     }
 
@@ -511,6 +539,8 @@ pub struct Consumer {
     saved: Cursor,
     last_save: Instant,
     save_interval: Duration,
+    /// What was handed on up to `committed`, saved with it.
+    delivered: Delivered,
 }
 
 impl Consumer {
@@ -552,6 +582,19 @@ impl Consumer {
         *self.state.committed.lock() = self.committed.clone();
     }
 
+    /// [`Consumer::commit`] for a consumer that hands records on: also counts what it handed
+    /// on (kept in the cursor file with the cursor, for `ls`).
+    pub fn commit_delivered(&mut self, cursor: &Cursor, records: u64, bytes: u64) {
+        self.delivered.records += records;
+        self.delivered.bytes += bytes;
+        self.commit(cursor);
+    }
+
+    /// What was handed on up to the committed cursor, over the consumer's whole life.
+    pub fn delivered(&self) -> Delivered {
+        self.delivered
+    }
+
     /// Forgets what was read since the last commit: the next read starts at the committed
     /// cursor again. For an owner whose work on what it read failed (a full disk, a queue
     /// down) and that will try again.
@@ -578,6 +621,7 @@ impl Consumer {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             cursor: self.committed.clone(),
+            delivered: self.delivered,
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
         write_atomically(&self.path, &bytes)?;

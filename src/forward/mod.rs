@@ -1,0 +1,369 @@
+//! Forwarders: the log's consumers that hand every record on to OpenReplay's queues.
+//!
+//! In: records, read in order through the log's consumer API ([`Consumer::read`], live segments
+//! included). Out: queue messages (`message`: the topic, the session id and the value
+//! PROTOCOL.md's queue contract asks for), produced by a [`Producer`] (`redis`: Redis Streams;
+//! `kafka`: Kafka), and the forwarder's durable cursor. Thread: one per forwarder,
+//! `forward-<queue>`, started by [`Forwarder::start`]; nothing here runs on the request path.
+//!
+//! # At least once, in order
+//!
+//! A forwarder reads a batch of records (at most [`BATCH_RECORDS`], about [`BATCH_BYTES`]),
+//! turns them into messages in log order, and hands the whole batch to its producer, which
+//! returns only when the queue acknowledged every message (Redis answered every XADD of the
+//! pipeline; Kafka's broker acknowledged every delivery). Only then is the cursor committed past
+//! the batch; it is saved at most every second ([`Consumer::save_if_due`]) and at shutdown.
+//! While the queue is down the producer's error comes back, the forwarder waits (backing off
+//! from [`RETRY_MIN`] to [`RETRY_MAX`]) and sends the same batch again: nothing is skipped, and
+//! the backlog waits in the log, which retention keeps for this consumer (only the disk budget
+//! can force it out, loudly). So a record reaches the queue at least once; it is sent twice only
+//! when a batch was partly accepted before an error, or when the node stopped (or crashed) after
+//! sending and before the cursor's next save: duplicates come from the records after the last
+//! saved cursor, at most about one second of traffic and one batch.
+//!
+//! Order: one session's records are appended by one worker (a token's session lives on the
+//! node's worker that received it, but a session's requests may reach any worker), read back in
+//! arrival order across workers, and sent in that order in one stream of batches, one at a time.
+//!
+//! # What is not sent
+//!
+//! A batch whose framing does not walk is not forwarded (OpenReplay's consumers would drop it
+//! without trace): it is counted here and quarantined by the compactor, which reads the same
+//! records. A message the queue refuses for its size (Kafka's `QUEUE_MESSAGE_SIZE_LIMIT`) is
+//! counted and written to `quarantine/` with that reason. Not-started records go to no queue.
+
+pub mod kafka;
+pub mod message;
+pub mod redis;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+
+use crate::admin::Heartbeat;
+use crate::log::{Consumer, LogError, LogRecord};
+pub use message::{Message, MessageError, Messages, Topics};
+
+/// Records one batch holds at most: one Redis pipeline, one round of Kafka deliveries.
+pub const BATCH_RECORDS: usize = 1024;
+/// Body bytes one batch holds about (the record that passes it is still taken).
+pub const BATCH_BYTES: usize = 8 << 20;
+/// How long one read waits for new records before the loop turns (beats, checks for stop).
+pub const READ_WAIT: Duration = Duration::from_millis(200);
+/// Retry delays while the queue is down: doubling from the first to the last.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// At shutdown, how long the forwarder keeps sending what is left in the log before it saves
+/// its cursor and stops (the rest goes at the next start).
+pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// Where refused messages go, beside the compactor's quarantine files.
+pub const QUARANTINE_DIR: &str = crate::compact::compactor::QUARANTINE_DIR;
+
+/// What a queue must do for a forwarder.
+pub trait Producer: Send {
+    /// The queue's name in logs and consumer names (`redis`, `kafka`).
+    fn name(&self) -> &'static str;
+    /// Sends `messages` in order and returns once the queue acknowledged every one; an error
+    /// means some may not have been, and the same batch is sent again.
+    fn send(&mut self, messages: &[Message]) -> Result<(), ProduceError>;
+    /// The largest value the queue takes; larger ones are quarantined, not sent.
+    fn max_value_len(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Cannot reach the queue, or it failed a request: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Counters of one forwarder (its totals since this start; `ls` shows the saved totals).
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    pub records: AtomicU64,
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Batches whose framing does not walk (left to the compactor's quarantine).
+    pub invalid: AtomicU64,
+    /// Values over the queue's size limit (quarantined here).
+    pub oversize: AtomicU64,
+    /// Failed attempts to send a batch.
+    pub errors: AtomicU64,
+    /// The queue is down (the last attempt failed).
+    pub down: AtomicBool,
+}
+
+pub struct Forwarder {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<ForwardStats>,
+}
+
+impl Forwarder {
+    /// Starts the forwarder's thread. `consumer` must have been registered before traffic
+    /// flows (retention then keeps what it has not read).
+    pub fn start(
+        consumer: Consumer,
+        producer: Box<dyn Producer>,
+        topics: Topics,
+        data_dir: PathBuf,
+        beat: Arc<Heartbeat>,
+    ) -> io::Result<Forwarder> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ForwardStats::default());
+        let mut state = Loop {
+            consumer,
+            producer,
+            topics,
+            quarantine_dir: data_dir.join(QUARANTINE_DIR),
+            beat,
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+            records: Vec::with_capacity(BATCH_RECORDS),
+            messages: Messages::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("forward-{}", state.producer.name()))
+            .spawn(move || state.run())?;
+        Ok(Forwarder {
+            thread: Some(thread),
+            stop,
+            stats,
+        })
+    }
+
+    /// Asks the forwarder to stop: it drains what is in the log for up to [`DRAIN_TIME`] while
+    /// the queue takes it, saves its cursor and exits. Returns once it has.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Loop {
+    consumer: Consumer,
+    producer: Box<dyn Producer>,
+    topics: Topics,
+    quarantine_dir: PathBuf,
+    beat: Arc<Heartbeat>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<ForwardStats>,
+    records: Vec<LogRecord>,
+    messages: Messages,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let name = self.producer.name();
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            self.beat.beat();
+            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
+                drain_until = Some(Instant::now() + DRAIN_TIME);
+            }
+            let wait = if drain_until.is_some() {
+                Duration::ZERO
+            } else {
+                READ_WAIT
+            };
+            match self.turn(wait, drain_until) {
+                Ok(0) if drain_until.is_some() => break,
+                Ok(_) => {}
+                Err(TurnError::Stopped) => break,
+                Err(TurnError::Log(e)) => {
+                    log::error!("forwarder {name}: reading the log: {e}");
+                    self.consumer.rewind();
+                    std::thread::sleep(RETRY_MAX);
+                }
+            }
+            if let Err(e) = self.consumer.save_if_due() {
+                log::error!("forwarder {name}: saving its cursor: {e}");
+            }
+        }
+        if let Err(e) = self.consumer.save() {
+            log::error!("forwarder {name}: saving its cursor at shutdown: {e}");
+        }
+        let s = &self.stats;
+        log::info!(
+            "forwarder {name}: {} records as {} messages ({} bytes) this run, {} invalid not \
+             sent, {} over the size limit, {} failed attempts",
+            s.records.load(Ordering::Relaxed),
+            s.messages.load(Ordering::Relaxed),
+            s.bytes.load(Ordering::Relaxed),
+            s.invalid.load(Ordering::Relaxed),
+            s.oversize.load(Ordering::Relaxed),
+            s.errors.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Reads one batch and sends it until the queue took it; returns how many records it read.
+    fn turn(&mut self, wait: Duration, drain_until: Option<Instant>) -> Result<usize, TurnError> {
+        self.records.clear();
+        let cursor = self
+            .consumer
+            .read(&mut self.records, BATCH_RECORDS, BATCH_BYTES, wait)
+            .map_err(TurnError::Log)?;
+        self.messages.clear();
+        let limit = self.producer.max_value_len();
+        let mut refused = Vec::new();
+        for record in &self.records {
+            match self.messages.push(record, &self.topics, limit) {
+                Ok(()) => {}
+                Err(MessageError::Invalid(reason)) => {
+                    self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        "not forwarding a record of session {}: {reason} (the compactor \
+                         quarantines it)",
+                        record.meta.session_id
+                    );
+                }
+                Err(e @ MessageError::TooLarge { .. }) => {
+                    self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                    refused.push((record, e.to_string()));
+                }
+            }
+        }
+        if !refused.is_empty() {
+            // Written before the cursor moves past them: a crash repeats it, never loses it.
+            if let Err(e) = self.quarantine(&refused) {
+                log::error!("forwarder: cannot write its quarantine file: {e}");
+                self.consumer.rewind();
+                std::thread::sleep(RETRY_MAX);
+                return Ok(self.records.len());
+            }
+        }
+        let mut delay = RETRY_MIN;
+        while !self.messages.is_empty() {
+            match self.producer.send(self.messages.as_slice()) {
+                Ok(()) => {
+                    if self.stats.down.swap(false, Ordering::Relaxed) {
+                        log::warn!("forwarder {}: the queue is back", self.producer.name());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if !self.stats.down.swap(true, Ordering::Relaxed) {
+                        log::error!(
+                            "forwarder {}: {e}; the log keeps the backlog, retrying",
+                            self.producer.name()
+                        );
+                    } else {
+                        log::debug!("forwarder {}: still down: {e}", self.producer.name());
+                    }
+                    // Stopping while the queue is down: what was not sent stays unacknowledged
+                    // (the cursor does not move) and goes at the next start.
+                    let give_up = drain_until.is_some_and(|until| Instant::now() >= until)
+                        || (drain_until.is_none() && self.stop.load(Ordering::SeqCst));
+                    if give_up || self.sleep_or_stop(delay, drain_until) {
+                        self.consumer.rewind();
+                        return Err(TurnError::Stopped);
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                    self.beat.beat();
+                    // What was acknowledged before the outage is saved, so that retention
+                    // frees it and `ls` shows the backlog from there.
+                    if let Err(e) = self.consumer.save_if_due() {
+                        log::error!("forwarder {}: saving its cursor: {e}", self.producer.name());
+                    }
+                }
+            }
+        }
+        let bytes: u64 = self.records.iter().map(|r| r.body.len() as u64).sum();
+        self.stats
+            .records
+            .fetch_add(self.records.len() as u64, Ordering::Relaxed);
+        self.stats
+            .messages
+            .fetch_add(self.messages.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.consumer
+            .commit_delivered(&cursor, self.records.len() as u64, bytes);
+        Ok(self.records.len())
+    }
+
+    /// Sleeps `delay` in short steps; true when a stop came meanwhile (or the drain time ran
+    /// out).
+    fn sleep_or_stop(&self, delay: Duration, drain_until: Option<Instant>) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            if drain_until.is_some_and(|d| now >= d) {
+                return true;
+            }
+            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
+                // Stopping: the drain's own deadline takes over at the next attempt.
+                return false;
+            }
+            self.beat.beat();
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Appends the refused records to `quarantine/q-<ms>-<queue>.jsonl` (the compactor's
+    /// format, with the reason), durably.
+    fn quarantine(&self, refused: &[(&LogRecord, String)]) -> io::Result<()> {
+        std::fs::create_dir_all(&self.quarantine_dir)?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = self
+            .quarantine_dir
+            .join(format!("q-{now_ms:013}-{}.jsonl", self.producer.name()));
+        let mut out = Vec::new();
+        for (record, reason) in refused {
+            log::warn!(
+                "forwarder {}: quarantined a record of session {}: {reason}",
+                self.producer.name(),
+                record.meta.session_id
+            );
+            let line = serde_json::json!({
+                "reason": reason,
+                "session": record.meta.session_id.to_string(),
+                "kind": record.meta.kind.as_str(),
+                "arrival_unix_ns": record.meta.arrival_unix_ns,
+                "segment": crate::log::SegmentName {
+                    worker: record.worker,
+                    seq: record.segment_seq,
+                }
+                .file_name(),
+                "offset": record.offset,
+                "name": String::from_utf8_lossy(&record.name),
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(&record.body),
+            });
+            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
+            out.push(b'\n');
+        }
+        let mut file = File::options().create(true).append(true).open(&path)?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+        File::open(&self.quarantine_dir)?.sync_all()
+    }
+}
+
+enum TurnError {
+    Stopped,
+    Log(LogError),
+}

@@ -1,0 +1,191 @@
+//! Real queue servers for tests: Debian's `redis-server`, started on a free loopback port in a
+//! temporary directory and stopped by its pid.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// An XADD entry as OpenReplay's consumers see it: its id and its fields in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    pub fn session(&self) -> u64 {
+        let (name, value) = &self.fields[0];
+        assert_eq!(name, "sessionID");
+        std::str::from_utf8(value).unwrap().parse().unwrap()
+    }
+
+    pub fn value(&self) -> &[u8] {
+        let (name, value) = &self.fields[1];
+        assert_eq!(name, "value");
+        value
+    }
+}
+
+fn redis_binary() -> &'static str {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "these tests need a real redis-server: apt-get install redis-server (./test.sh installs it \
+         when run as root)"
+    );
+    "redis-server"
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// A server on a free port, with append-only persistence (so a restart keeps its data).
+    pub fn start() -> RedisServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            _tmp: tmp,
+        };
+        // A port found free may be taken before the server binds it: try another.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start: {}", server.log());
+    }
+
+    /// The URL a node is given.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(redis_binary())
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--logfile", "redis.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                eprintln!("redis-server exited: {status}");
+                return false;
+            }
+            if self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (SIGTERM: it writes its append-only file and exits) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            super::signal(&child, super::libc_sigterm());
+            if super::wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Starts it again on the same port and directory (its data comes back).
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "redis-server did not restart: {}", self.log());
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    /// Every entry of `stream`, oldest first (none if it does not exist).
+    pub fn entries(&self, stream: &str) -> Vec<Entry> {
+        let mut conn = self.connection();
+        let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        raw.into_iter()
+            .map(|(id, flat)| Entry {
+                id,
+                fields: flat
+                    .chunks(2)
+                    .map(|pair| (String::from_utf8(pair[0].clone()).unwrap(), pair[1].clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
