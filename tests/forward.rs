@@ -287,6 +287,22 @@ fn first_occurrences(entries: &[Entry]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `rediss://`: the forwarder speaks TLS to a Redis that serves nothing else.
+#[test]
+fn rediss_urls_forward_over_tls() {
+    let redis = RedisServer::start_tls();
+    let node = redis_node(&redis).start();
+    let s = node.start_web("web-key");
+    let (token, sid) = (Node::token(&s), Node::session_id(&s));
+    let body = walkable_batch(1, 0, b"over tls");
+    let r = node.request(&batch_request(&token, "player", "", &body));
+    assert_eq!(r.status, 200);
+    let got = wait_entries(&redis, "raw", 2);
+    assert_eq!(got[1].value(), &body[..]);
+    assert_eq!(got[1].session(), sid);
+    node.stop();
+}
+
 /// A node killed while it forwards resumes from its saved cursor: every batch answered 200
 /// reaches Redis at least once, in order.
 #[test]

@@ -7,10 +7,12 @@
 //! Subcommands: `mix` (tracker sessions, realistic batch sizes), `fixed` (one body of 1, 8 or
 //! 64 KiB, like wrk), `idle` (hold N keep-alive connections, report the server's RSS), `body`
 //! (write a fixed body to a file for wrk), `proc` (print a server's CPU time and RSS), `threads`
-//! (a server's CPU time per thread name).
+//! (a server's CPU time per thread name), `forward-latency` (a batch's time from the node's 200
+//! to its Redis stream entry).
 //! The main thread parses options, generates bodies and samples /proc; `client` runs the load.
 
 mod client;
+mod latency;
 mod procstat;
 mod traffic;
 
@@ -93,6 +95,27 @@ enum Command {
         size: usize,
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// Edge-to-queue latency: batches at `rate` (open loop), each one's time from the node's
+    /// 200 to its entry in a Redis stream (read with XREAD BLOCK from the end).
+    ForwardLatency {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "bench")]
+        project_key: String,
+        /// The Redis the node forwards to (loopback).
+        #[arg(long)]
+        redis: String,
+        #[arg(long, default_value = "raw")]
+        stream: String,
+        #[arg(long, short = 'R', default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, short = 'c', default_value_t = 8)]
+        connections: usize,
+        #[arg(long, short = 'd', default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "8k", value_parser = parse_size)]
+        size: usize,
     },
     /// Prints a process tree's CPU time and memory as one PROCSTAT line.
     Proc {
@@ -219,6 +242,54 @@ fn main() -> anyhow::Result<()> {
             token,
             path,
         } => idle(&url, connections, hold, server_pid, token.as_deref(), &path),
+        Command::ForwardLatency {
+            url,
+            project_key,
+            redis,
+            stream,
+            rate,
+            connections,
+            duration,
+            size,
+        } => {
+            let (addr, host) = loopback_target(&url)?;
+            if !(redis.contains("127.0.0.1") || redis.contains("localhost")) {
+                bail!("{redis}: only a loopback Redis");
+            }
+            let probe = latency::Probe {
+                addr,
+                host,
+                project_key,
+                redis,
+                stream,
+                rate,
+                connections: connections.max(1),
+                duration,
+                body: size,
+            };
+            let out = latency::run(&probe)?;
+            let h = &out.latencies_us;
+            eprintln!(
+                "forward latency: {} batches sent, {} seen in Redis; p50 {} us, p99 {} us, \
+                 p99.9 {} us, max {} us",
+                out.sent,
+                out.seen,
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+            println!(
+                "FWDLATSTAT sent={} seen={} p50_us={} p99_us={} p999_us={} max_us={}",
+                out.sent,
+                out.seen,
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+            Ok(())
+        }
         Command::Body { size, out } => {
             let body = traffic::fixed_batch(size, 1)?;
             std::fs::write(&out, body).with_context(|| format!("writing {}", out.display()))

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Serves TLS only (`rediss://`), with a self-signed certificate.
+    tls: bool,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -59,11 +61,36 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A server on a free port, with append-only persistence (so a restart keeps its data).
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A server that speaks TLS only, with a self-signed certificate (made by `openssl`).
+    pub fn start_tls() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> RedisServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
+        if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl (apt-get install openssl) makes the test certificate");
+            assert!(made.success(), "openssl req failed");
+        }
         let mut server = RedisServer {
             child: None,
             port: 0,
+            tls,
             dir,
             _tmp: tmp,
         };
@@ -79,13 +106,29 @@ impl RedisServer {
 
     /// The URL a node is given.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            // `#insecure`: the test's certificate is self-signed.
+            format!("rediss://127.0.0.1:{}/#insecure", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new(redis_binary())
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut cmd = Command::new(redis_binary());
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("key.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
             .args([
