@@ -61,6 +61,15 @@ enum Command {
         #[arg(long)]
         projects: Option<PathBuf>,
     },
+    /// Send one session's records again, in its true order, to the queues the settings name
+    /// (REDIS_STRING, KAFKA_SERVERS, the topics: as for `serve`), for a downstream that lost
+    /// them. Reads segments and compacted files alike; the node may be running.
+    Redrive {
+        #[arg(long)]
+        session: u64,
+        #[command(flatten)]
+        settings: Box<ServeArgs>,
+    },
     /// List stored records: session, topic, kind, size, time (and name, for images).
     Ls {
         #[arg(long, default_value = "data")]
@@ -98,6 +107,7 @@ fn main() -> Result<()> {
             topic,
         } => cat(&data_dir, session, topic.map(Topic::from)),
         Command::Ls { data_dir, json } => ls(&data_dir, json),
+        Command::Redrive { session, settings } => redrive(session, &settings),
         Command::Export {
             data_dir,
             session,
@@ -218,6 +228,26 @@ fn start_forwarders(
     registry: &Arc<ConsumerRegistry>,
     health: &mut Health,
 ) -> Result<Vec<Forwarder>> {
+    let mut forwarders = Vec::new();
+    for producer in producers(config)? {
+        let name = format!("forward-{}", producer.name());
+        let consumer = registry.register(&name)?;
+        let beat = health.heartbeat(&name);
+        let forwarder = Forwarder::start(
+            consumer,
+            producer,
+            config.topics.clone(),
+            config.data_dir.clone(),
+            beat,
+        )
+        .with_context(|| format!("cannot start {name}"))?;
+        forwarders.push(forwarder);
+    }
+    Ok(forwarders)
+}
+
+/// A producer for each queue the settings name.
+fn producers(config: &Config) -> Result<Vec<Box<dyn Producer>>> {
     let mut producers: Vec<Box<dyn Producer>> = Vec::new();
     if let Some(redis) = &config.redis {
         let producer =
@@ -246,22 +276,52 @@ fn start_forwarders(
         );
         producers.push(Box::new(producer));
     }
-    let mut forwarders = Vec::new();
-    for producer in producers {
-        let name = format!("forward-{}", producer.name());
-        let consumer = registry.register(&name)?;
-        let beat = health.heartbeat(&name);
-        let forwarder = Forwarder::start(
-            consumer,
-            producer,
-            config.topics.clone(),
-            config.data_dir.clone(),
-            beat,
-        )
-        .with_context(|| format!("cannot start {name}"))?;
-        forwarders.push(forwarder);
+    Ok(producers)
+}
+
+fn redrive(session: u64, settings: &ServeArgs) -> Result<()> {
+    let config = Config::load(settings)?;
+    check_store(&config.data_dir)?;
+    let producers = producers(&config)?;
+    if producers.is_empty() {
+        bail!(
+            "no queue to redrive to: set REDIS_STRING (--redis) or KAFKA_SERVERS (--kafka-servers)"
+        );
     }
-    Ok(forwarders)
+    let records: Vec<seglog::LogRecord> = compact::store::read_session(&config.data_dir, session)?
+        .into_iter()
+        .map(|r| seglog::LogRecord {
+            meta: r.meta,
+            worker: r.origin.worker,
+            segment_seq: r.origin.segment_seq,
+            offset: r.origin.offset,
+            name: r.name,
+            body: r.body,
+        })
+        .collect();
+    if records.is_empty() {
+        bail!(
+            "no records of session {session} in {}",
+            config.data_dir.display()
+        );
+    }
+    for mut producer in producers {
+        let sent = replay_ingest::forward::redrive(&records, producer.as_mut(), &config.topics)
+            .with_context(|| format!("redrive to {}", producer.name()))?;
+        println!(
+            "session {session}: {} records, {} messages sent to {} ({} not sent: {})",
+            records.len(),
+            sent.messages,
+            producer.name(),
+            sent.refused.len(),
+            if sent.refused.is_empty() {
+                "none".to_string()
+            } else {
+                sent.refused.join("; ")
+            }
+        );
+    }
+    Ok(())
 }
 
 /// A URL without its password, for the logs.

@@ -363,6 +363,39 @@ impl Loop {
     }
 }
 
+/// What [`redrive`] sent.
+#[derive(Debug, Default)]
+pub struct Redriven {
+    pub messages: usize,
+    /// Why each record that was not sent was refused.
+    pub refused: Vec<String>,
+}
+
+/// Sends `records` (one session's, in its true order) again through `producer`, in batches,
+/// waiting for each to be acknowledged; records that would not be forwarded are skipped and
+/// said why. For `replay-ingest redrive`, on the CLI's thread.
+pub fn redrive(
+    records: &[LogRecord],
+    producer: &mut dyn Producer,
+    topics: &Topics,
+) -> Result<Redriven, ProduceError> {
+    let mut out = Redriven::default();
+    let limit = producer.max_value_len();
+    for chunk in records.chunks(BATCH_RECORDS) {
+        let mut messages = Messages::default();
+        for record in chunk {
+            if let Err(e) = messages.push(record, topics, limit) {
+                out.refused.push(e.to_string());
+            }
+        }
+        if !messages.is_empty() {
+            producer.send(messages.as_slice())?;
+            out.messages += messages.len();
+        }
+    }
+    Ok(out)
+}
+
 enum TurnError {
     Stopped,
     Log(LogError),

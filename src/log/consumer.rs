@@ -665,16 +665,41 @@ impl Consumer {
         self.discover_workers()?;
         let mut bytes = 0usize;
         while out.len() - start < max_records && bytes < max_bytes {
-            // The stream whose next record arrived first.
+            // The stream whose next record arrived first. A record goes out only once every
+            // stream without one was seen empty after it arrived: a record committed before
+            // then (its request answered before this one's arrived, as a session's batches
+            // are) would have been seen, so it goes first. Per session, log order is arrival
+            // order across workers.
             let mut best: Option<(u64, u16)> = None;
-            for (&worker, stream) in self.streams.iter_mut() {
-                if let Some(arrival) = stream.peek(&self.registry, &self.state.skipped)? {
+            for (&worker, stream) in self.streams.iter() {
+                if let Some(head) = &stream.head {
+                    let arrival = head.meta.arrival_unix_ns;
                     if best.is_none_or(|(a, _)| arrival < a) {
                         best = Some((arrival, worker));
                     }
                 }
             }
-            let Some((_, worker)) = best else { break };
+            let mut unknown = false;
+            for (&worker, stream) in self.streams.iter_mut() {
+                let bound = best.map_or(u64::MAX, |(a, _)| a);
+                if stream.head.is_some() || stream.clear_at_ns >= bound {
+                    continue;
+                }
+                let looked_at = wall_clock_ns();
+                match stream.peek(&self.registry, &self.state.skipped)? {
+                    Peeked::Record(arrival) => {
+                        if best.is_none_or(|(a, _)| arrival < a) {
+                            best = Some((arrival, worker));
+                        }
+                    }
+                    Peeked::Empty => stream.clear_at_ns = looked_at,
+                    Peeked::Unknown => unknown = true,
+                }
+            }
+            // A stream we could not read this instant may hold an earlier record.
+            let Some((_, worker)) = best.filter(|_| !unknown) else {
+                break;
+            };
             let stream = self.streams.get_mut(&worker).expect("picked from the map");
             let record = stream.take().expect("peeked");
             bytes += record.body.len();
@@ -790,6 +815,20 @@ struct Stream {
     head: Option<LogRecord>,
     /// Position just past `head`.
     head_end: Position,
+    /// Wall-clock time (ns, the clock of `arrival_unix_ns`) just before the last look that found
+    /// no committed record: any record committed before then would have been seen.
+    clear_at_ns: u64,
+}
+
+/// What a stream's look ahead found.
+enum Peeked {
+    /// The next committed record arrived then.
+    Record(u64),
+    /// No committed record past the cursor (the writer's end, or a record still pending).
+    Empty,
+    /// Could not tell (a segment header being rewritten by a seal, a file renamed meanwhile):
+    /// look again before trusting it to be empty.
+    Unknown,
 }
 
 /// The segment a stream is reading, and what it read ahead.
@@ -816,6 +855,12 @@ enum Next {
     Done,
 }
 
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl Stream {
     fn new(worker: u16, pos: Position) -> Stream {
         Stream {
@@ -824,6 +869,7 @@ impl Stream {
             open: None,
             head: None,
             head_end: pos,
+            clear_at_ns: 0,
         }
     }
 
@@ -832,13 +878,17 @@ impl Stream {
         &mut self,
         registry: &ConsumerRegistry,
         skipped: &SkipCounters,
-    ) -> Result<Option<u64>, LogError> {
+    ) -> Result<Peeked, LogError> {
         loop {
             if let Some(head) = &self.head {
-                return Ok(Some(head.meta.arrival_unix_ns));
+                return Ok(Peeked::Record(head.meta.arrival_unix_ns));
             }
-            if self.open.is_none() && !self.open_next(&registry.segments_dir, skipped)? {
-                return Ok(None);
+            if self.open.is_none() {
+                match self.open_next(&registry.segments_dir, skipped)? {
+                    Opened::Yes => {}
+                    Opened::NoSegment => return Ok(Peeked::Empty),
+                    Opened::NotNow => return Ok(Peeked::Unknown),
+                }
             }
             let open = self.open.as_mut().expect("opened above");
             match open.next(self.pos.offset, skipped)? {
@@ -849,7 +899,7 @@ impl Stream {
                     };
                     self.head = Some(record);
                 }
-                Next::Wait => return Ok(None),
+                Next::Wait => return Ok(Peeked::Empty),
                 // A rolled segment is complete at its end mark even before it is sealed (a
                 // seal may wait for a slow upload's reservation that is already behind us).
                 // The roll renamed the newer file after the last record was committed, so
@@ -857,7 +907,7 @@ impl Stream {
                 Next::End if !open.rolled && has_successor(&registry.segments_dir, open.name)? => {
                     open.rolled = true;
                 }
-                Next::End => return Ok(None),
+                Next::End => return Ok(Peeked::Empty),
                 Next::Done => {
                     self.pos = Position::after(open.name.seq);
                     self.open = None;
@@ -869,31 +919,38 @@ impl Stream {
     fn take(&mut self) -> Option<LogRecord> {
         let head = self.head.take()?;
         self.pos = self.head_end;
+        // Past what the last empty look saw: what follows is unknown until looked at.
+        self.clear_at_ns = 0;
         Some(head)
     }
 
-    /// Opens the segment at or after `pos`; false when there is none yet.
-    fn open_next(&mut self, segments_dir: &Path, skipped: &SkipCounters) -> Result<bool, LogError> {
+    /// Opens the segment at or after `pos`.
+    fn open_next(
+        &mut self,
+        segments_dir: &Path,
+        skipped: &SkipCounters,
+    ) -> Result<Opened, LogError> {
         let next = list_segments(segments_dir)?
             .into_iter()
             .filter(|n| n.worker == self.worker && n.seq >= self.pos.seq)
             .min();
         let Some(name) = next else {
-            return Ok(false);
+            return Ok(Opened::NoSegment);
         };
         let path = segments_dir.join(name.file_name());
         let file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            // Retired or forced out between the listing and the open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::NotNow),
             Err(e) => return Err(e.into()),
         };
         let mut head = [0u8; SEGMENT_HEADER_LEN];
         if file.read_exact_at(&mut head, 0).is_err() {
-            return Ok(false);
+            return Ok(Opened::NotNow);
         }
         let Ok(header) = SegmentHeader::decode(&head) else {
             // Being sealed right now (header rewrite); look again next time.
-            return Ok(false);
+            return Ok(Opened::NotNow);
         };
         if name.seq > self.pos.seq && self.pos.offset > 0 {
             // The segment we were inside is gone: the disk budget forced it out.
@@ -918,14 +975,26 @@ impl Stream {
             buf_at: 0,
             rolled: false,
         });
-        Ok(true)
+        Ok(Opened::Yes)
     }
+}
+
+enum Opened {
+    Yes,
+    /// No segment of this worker at or after the cursor.
+    NoSegment,
+    /// One is there but cannot be read this instant.
+    NotNow,
 }
 
 impl OpenSegment {
     /// The next committed record at or after `offset`.
     fn next(&mut self, mut offset: u64, skipped: &SkipCounters) -> Result<Next, LogError> {
         let mut reread = false;
+        // An end (or a pending record) seen in read-ahead bytes may be stale: the writer may
+        // have committed there since. Only a fresh read may say "nothing more" (readers order
+        // streams by it, see `read_available`).
+        let mut fresh = self.buf.is_empty();
         loop {
             if self.header.is_sealed() && offset >= self.header.sealed_len {
                 return Ok(Next::Done);
@@ -939,6 +1008,11 @@ impl OpenSegment {
             let mut head_bytes = [0u8; RECORD_HEADER_LEN];
             head_bytes.copy_from_slice(&head);
             let rec = RecordHeader::decode(&head_bytes);
+            if (rec.state == STATE_END || rec.state == STATE_PENDING) && !fresh {
+                self.buf = Bytes::new();
+                fresh = true;
+                continue;
+            }
             if rec.state == STATE_END {
                 match self.at_end(offset) {
                     Some(next) => return Ok(next),

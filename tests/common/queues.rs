@@ -1,5 +1,5 @@
-//! Real queue servers for tests: Debian's `redis-server`, started on a free loopback port in a
-//! temporary directory and stopped by its pid.
+//! Real servers for tests: Debian's `redis-server` and `haproxy`, each started on a free
+//! loopback port in a temporary directory and stopped by its pid.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -230,5 +230,103 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Debian's haproxy in front of some nodes: HTTP mode, round robin, no affinity.
+pub struct Haproxy {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(backends: &[std::net::SocketAddr]) -> Haproxy {
+        let found = Command::new("haproxy")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "this test needs haproxy: apt-get install haproxy (./test.sh installs it as root)"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cfg = format!(
+                "global\n  maxconn 512\ndefaults\n  mode http\n  timeout connect 5s\n  \
+                 timeout client 30s\n  timeout server 30s\n  option http-server-close\n\
+                 frontend edge\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+                 backend nodes\n  balance roundrobin\n"
+            );
+            for (i, b) in backends.iter().enumerate() {
+                cfg += &format!("  server node{i} {b}\n");
+            }
+            let path = tmp.path().join("haproxy.cfg");
+            std::fs::write(&path, cfg).unwrap();
+            let mut child = Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(
+                    std::fs::File::create(tmp.path().join("haproxy.log")).unwrap(),
+                ))
+                .spawn()
+                .expect("start haproxy");
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Haproxy {
+                        child,
+                        addr,
+                        _tmp: tmp,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "haproxy did not start: {}",
+            std::fs::read_to_string(tmp.path().join("haproxy.log")).unwrap_or_default()
+        );
+    }
+
+    /// One request on a new connection (so round robin picks the next node).
+    pub fn request(&self, raw: &[u8]) -> super::Response {
+        use std::io::Write;
+        let mut conn = std::net::TcpStream::connect(self.addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(raw).unwrap();
+        super::read_response(&mut conn).expect("an answer through haproxy")
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let r = self.request(&super::post_request(
+            path,
+            &[
+                ("Content-Type", "application/json"),
+                ("User-Agent", super::UA),
+            ],
+            body.to_string().as_bytes(),
+        ));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
