@@ -680,20 +680,32 @@ impl Consumer {
                 }
             }
             let mut unknown = false;
-            for (&worker, stream) in self.streams.iter_mut() {
-                let bound = best.map_or(u64::MAX, |(a, _)| a);
-                if stream.head.is_some() || stream.clear_at_ns >= bound {
-                    continue;
-                }
-                let looked_at = wall_clock_ns();
-                match stream.peek(&self.registry, &self.state.skipped)? {
-                    Peeked::Record(arrival) => {
-                        if best.is_none_or(|(a, _)| arrival < a) {
-                            best = Some((arrival, worker));
-                        }
+            // Until every stream without a record was seen empty after the best one arrived:
+            // a stream looked at before a later one yielded the best may have committed since.
+            loop {
+                for (&worker, stream) in self.streams.iter_mut() {
+                    let bound = best.map_or(u64::MAX, |(a, _)| a);
+                    if stream.head.is_some() || stream.clear_at_ns >= bound {
+                        continue;
                     }
-                    Peeked::Empty => stream.clear_at_ns = looked_at,
-                    Peeked::Unknown => unknown = true,
+                    let looked_at = wall_clock_ns();
+                    match stream.peek(&self.registry, &self.state.skipped)? {
+                        Peeked::Record(arrival) => {
+                            if best.is_none_or(|(a, _)| arrival < a) {
+                                best = Some((arrival, worker));
+                            }
+                        }
+                        Peeked::Empty => stream.clear_at_ns = looked_at,
+                        Peeked::Unknown => unknown = true,
+                    }
+                }
+                let Some((bound, _)) = best else { break };
+                let settled = self
+                    .streams
+                    .values()
+                    .all(|s| s.head.is_some() || s.clear_at_ns >= bound);
+                if settled || unknown {
+                    break;
                 }
             }
             // A stream we could not read this instant may hold an earlier record.

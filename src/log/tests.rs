@@ -1274,3 +1274,81 @@ fn a_spare_opened_during_the_lease_check_does_not_kill_the_node() {
     assert!(checks > 0);
     service.shutdown();
 }
+
+/// A session's batches hop between workers (each request on a new connection), one at a time:
+/// each is committed before the next arrives. A consumer reading while they are written must
+/// deliver them in that order.
+#[test]
+fn records_committed_before_another_arrived_are_read_first() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 2).unwrap();
+    let mut consumer = service.consumers().register("order").unwrap();
+    service.consumers().registration_complete();
+    const N: u64 = 5_000;
+    let turn = AtomicU64::new(0);
+    let got = std::thread::scope(|scope| {
+        for worker in 0..2u16 {
+            let (service, turn) = (&service, &turn);
+            scope.spawn(move || {
+                let mut w = service.writer(worker).unwrap();
+                loop {
+                    let n = turn.load(SeqCst);
+                    if n >= N {
+                        break;
+                    }
+                    // Worker n % 2 takes batch n; the other waits for its turn.
+                    if n % 2 != u64::from(worker) {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos() as u64;
+                    let m = meta(7, now, RecordKind::WebBatch);
+                    if n % 3 == 0 {
+                        // As a body streamed in: reserved (pending), filled, committed.
+                        let mut r = w.reserve(m, b"", 8).unwrap();
+                        r.unfilled()[..8].copy_from_slice(&n.to_le_bytes());
+                        r.advance(8);
+                        std::thread::yield_now();
+                        r.commit();
+                    } else {
+                        w.append(m, b"", &[&n.to_le_bytes()]).unwrap();
+                    }
+                    w.end_turn();
+                    turn.store(n + 1, SeqCst);
+                }
+                w.close().unwrap();
+            });
+        }
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::new();
+        while (got.len() as u64) < N && Instant::now() < deadline {
+            out.clear();
+            let cursor = consumer
+                .read(&mut out, 64, 1 << 20, Duration::from_millis(1))
+                .unwrap();
+            consumer.commit(&cursor);
+            got.extend(
+                out.iter()
+                    .map(|r| u64::from_le_bytes(r.body[..8].try_into().unwrap())),
+            );
+        }
+        got
+    });
+    let first_bad = got.windows(2).position(|w| w[0] + 1 != w[1]);
+    let have: std::collections::HashSet<u64> = got.iter().copied().collect();
+    let missing: Vec<u64> = (0..N).filter(|n| !have.contains(n)).take(10).collect();
+    assert!(missing.is_empty(), "missing {missing:?} of {}", got.len());
+    assert_eq!(got.len() as u64, N);
+    assert_eq!(
+        first_bad,
+        None,
+        "out of order at {first_bad:?}: {:?}",
+        first_bad.map(|i| &got[i.saturating_sub(3)..(i + 4).min(got.len())])
+    );
+    service.shutdown();
+}
