@@ -56,6 +56,8 @@ pub struct Config {
     pub retention: Duration,
     pub geoip_db: Option<PathBuf>,
     pub max_connections: usize,
+    /// `/health/ready` fails once a consumer has a sealed segment unread for longer.
+    pub ready_max_lag: Duration,
 }
 
 /// The flags of `replay-ingest serve`. Every field is optional so that "not given" falls through
@@ -182,6 +184,10 @@ pub struct ServeArgs {
     /// Connection cap per node (default: from RLIMIT_NOFILE).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// /health/ready fails once a consumer (the compactor, a forwarder) has had a sealed
+    /// segment unread for longer than this (default 60s).
+    #[arg(long, value_parser = parse_duration)]
+    pub ready_max_lag: Option<Duration>,
 }
 
 /// The config file: the same names as the flags.
@@ -239,6 +245,8 @@ struct FileConfig {
     retention: Option<Duration>,
     geoip_db: Option<PathBuf>,
     max_connections: Option<usize>,
+    #[serde(default, with = "humantime_opt")]
+    ready_max_lag: Option<Duration>,
 }
 
 fn image_format_opt<'de, D: serde::Deserializer<'de>>(
@@ -465,6 +473,10 @@ impl Config {
                 .max_connections
                 .or(f.max_connections)
                 .unwrap_or_else(default_max_connections),
+            ready_max_lag: a
+                .ready_max_lag
+                .or(f.ready_max_lag)
+                .unwrap_or(crate::admin::health::DEFAULT_READY_MAX_LAG),
         };
         if let Some(kafka) = &config.kafka {
             if !cfg!(feature = "kafka") {

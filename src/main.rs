@@ -11,7 +11,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use replay_ingest::admin::health::DEFAULT_READY_MAX_LAG;
 use replay_ingest::admin::Health;
 use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
@@ -166,7 +165,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
 
     // Every loop beats; liveness and readiness look at the beats, the budget and the lags.
     let registry = Arc::clone(segments.consumers());
-    let mut health = Health::new(Arc::clone(&registry), DEFAULT_READY_MAX_LAG);
+    let mut health = Health::new(Arc::clone(&registry), config.ready_max_lag);
     for worker in 0..workers {
         health.heartbeat(&format!("worker-{worker}"));
     }

@@ -381,6 +381,42 @@ fn first_occurrences(entries: &[Entry]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// With its queue down, a forwarder's lag passes `--ready-max-lag` and `/health/ready` says so
+/// (503, naming it); once the queue is back and the backlog sent, the node is ready again.
+#[test]
+fn readiness_fails_while_a_forwarder_lags_past_its_bound() {
+    let mut redis = RedisServer::start();
+    let node = redis_node(&redis)
+        .arg("--ready-max-lag")
+        .arg("1s")
+        .arg("--segment-max-age")
+        .arg("1s")
+        .start();
+    let ready = || node.request(b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(ready().status, 200, "{}", ready().text());
+    redis.stop();
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    let body = walkable_batch(1, 0, b"while redis is down");
+    assert_eq!(
+        node.request(&batch_request(&token, "player", "", &body))
+            .status,
+        200
+    );
+    let mut last = None;
+    wait_for("not ready", WAIT, || {
+        let r = ready();
+        let lagging = r.status == 503 && r.text().contains("forward-redis");
+        last = Some(r.text());
+        lagging
+    });
+    redis.restart();
+    wait_for("ready again", WAIT, || ready().status == 200);
+    assert!(last.unwrap().contains("forward-redis"));
+    wait_entries(&redis, "raw", 2);
+    node.stop();
+}
+
 /// `rediss://`: the forwarder speaks TLS to a Redis that serves nothing else.
 #[test]
 fn rediss_urls_forward_over_tls() {
