@@ -180,6 +180,10 @@ impl Loop {
             if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
                 drain_until = Some(Instant::now() + DRAIN_TIME);
             }
+            if drain_until.is_some_and(|until| Instant::now() >= until) {
+                // What is left goes at the next start.
+                break;
+            }
             let wait = if drain_until.is_some() {
                 Duration::ZERO
             } else {

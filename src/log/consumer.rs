@@ -34,9 +34,11 @@
 //!
 //! * [`Consumer::read`]: records one by one, the open segments included, as soon as they are
 //!   committed. Each worker's stream is read in log order; the streams are merged by arrival
-//!   time among the records available, so a record acknowledged before another was even sent
-//!   (a session's start before its first batch) is always delivered first, while a stream
-//!   waiting on a record still being received (PENDING) holds back only itself.
+//!   time, and a record goes out only once every other stream was read (freshly, not from
+//!   read-ahead) and found without a record after it arrived, so a record acknowledged before
+//!   another was even sent (a session's start before its first batch, one batch before the
+//!   next on another worker) is always delivered first, while a stream waiting on a record
+//!   still being received (PENDING) holds back only itself.
 //! * [`Consumer::next_sealed`]: one whole sealed segment at a time (the compactor).
 //!
 //! A reader of an open segment stops at the first record that is not committed yet (PENDING) and
