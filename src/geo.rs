@@ -31,6 +31,19 @@ pub struct GeoInfo {
     pub city: String,
 }
 
+impl GeoInfo {
+    /// The start messages' UserCountry: `<country>|<state>|<city>`, as OpenReplay packs it for
+    /// its `db` service to unpack; an unknown country is `UN` (so no database gives `UN||`).
+    pub fn packed(&self) -> String {
+        let country = if self.country.is_empty() {
+            "UN"
+        } else {
+            &self.country
+        };
+        format!("{country}|{}|{}", self.state, self.city)
+    }
+}
+
 /// Why a GeoIP database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
@@ -310,6 +323,13 @@ mod tests {
             db.lookup("2001:218::1".parse().expect("v6")),
             GeoInfo::default()
         );
+    }
+
+    #[test]
+    fn user_country_is_packed_as_openreplay_packs_it() {
+        assert_eq!(geo("DE", "Berlin", "Berlin").packed(), "DE|Berlin|Berlin");
+        assert_eq!(geo("FR", "", "").packed(), "FR||");
+        assert_eq!(GeoInfo::default().packed(), "UN||");
     }
 
     #[test]

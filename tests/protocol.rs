@@ -144,7 +144,7 @@ fn session_start_bytes_follow_the_protocol() {
     string(&mut expected, "desktop"); // UserDeviceType
     uint(&mut expected, 16384); // UserDeviceMemorySize
     uint(&mut expected, 4_395_630_592); // UserDeviceHeapSize
-    string(&mut expected, ""); // UserCountry (no GeoIP database)
+    string(&mut expected, "UN||"); // UserCountry, packed country|state|city (no GeoIP database)
     string(&mut expected, "harness-user@example.test"); // UserID
     assert_eq!(raw, expected);
 }

@@ -54,7 +54,7 @@ pub(super) fn start(
                         user_os_version: &req.string("userOSVersion").unwrap_or_default(),
                         user_device: &device,
                         user_device_type: device_type.as_str(),
-                        user_country: &geo.country,
+                        user_country: &geo.packed(),
                     }
                     .encode(message)
                 },

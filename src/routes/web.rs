@@ -260,7 +260,7 @@ pub(super) fn start(
                         user_device_type: &ua.device_type,
                         user_device_memory_size: req.device_memory.unwrap_or(0),
                         user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
-                        user_country: &geo.country,
+                        user_country: &geo.packed(),
                         user_id: req.user_id.as_deref().unwrap_or(""),
                     }
                     .encode(message)
