@@ -31,18 +31,17 @@
 //! the segment service knows when only unconsumed segments are left to free (`log::budget`).
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::format::{self, CompactRecord, CompactedFileName, CompactedWriter, COMPACTED_DIR};
+use super::quarantine::{self, Quarantined};
 use super::validate::check_record;
 use crate::admin::Heartbeat;
 use crate::log::budget::dir_bytes;
@@ -378,51 +377,41 @@ impl State {
         level
     }
 
-    /// Writes the quarantined records of one run to a file of their own, one JSON object a
-    /// line (reason, where the record came from, its bytes in base64), synced before return.
+    /// Writes the quarantined records of one run to a file of their own (`quarantine`),
+    /// synced before return.
     fn write_quarantine(
         &self,
         inputs: &[SegmentName],
         records: &[(CompactRecord, super::validate::Quarantine)],
     ) -> io::Result<()> {
         let first = inputs.first().map(|n| n.file_name()).unwrap_or_default();
-        let path = self.quarantine_dir.join(format!(
-            "q-{:013}-{}.jsonl",
-            unix_ms(SystemTime::now()),
-            first.trim_end_matches(crate::log::format::SEGMENT_SUFFIX)
-        ));
-        let mut out = Vec::new();
-        for (record, reason) in records {
-            log::warn!(
-                "quarantined a record of session {} from {}: {reason}",
-                record.meta.session_id,
-                SegmentName {
-                    worker: record.origin.worker,
-                    seq: record.origin.segment_seq
-                }
-                .file_name()
-            );
-            let line = serde_json::json!({
-                "reason": reason.to_string(),
-                "session": record.meta.session_id.to_string(),
-                "kind": record.meta.kind.as_str(),
-                "arrival_unix_ns": record.meta.arrival_unix_ns,
-                "segment": SegmentName {
+        let entries: Vec<Quarantined<'_>> = records
+            .iter()
+            .map(|(record, reason)| {
+                let segment = SegmentName {
                     worker: record.origin.worker,
                     seq: record.origin.segment_seq,
+                };
+                log::warn!(
+                    "quarantined a record of session {} from {}: {reason}",
+                    record.meta.session_id,
+                    segment.file_name()
+                );
+                Quarantined {
+                    meta: record.meta,
+                    segment,
+                    offset: record.origin.offset,
+                    name: &record.name,
+                    body: &record.body,
+                    reason: reason.to_string(),
                 }
-                .file_name(),
-                "offset": record.origin.offset,
-                "name": String::from_utf8_lossy(&record.name),
-                "body_base64": base64::engine::general_purpose::STANDARD.encode(&record.body),
-            });
-            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
-            out.push(b'\n');
-        }
-        let mut file = File::options().create(true).append(true).open(&path)?;
-        file.write_all(&out)?;
-        file.sync_all()?;
-        File::open(&self.quarantine_dir)?.sync_all()
+            })
+            .collect();
+        quarantine::write(
+            &self.quarantine_dir,
+            first.trim_end_matches(crate::log::format::SEGMENT_SUFFIX),
+            &entries,
+        )
     }
 
     /// Retention of compacted data: files whose newest record is older than the retention

@@ -36,17 +36,15 @@ pub mod kafka;
 pub mod message;
 pub mod redis;
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use base64::Engine;
+use std::time::{Duration, Instant};
 
 use crate::admin::Heartbeat;
+use crate::compact::quarantine::{self, Quarantined};
 use crate::log::{Consumer, LogError, LogRecord};
 pub use message::{Message, MessageError, Messages, Topics};
 
@@ -326,44 +324,31 @@ impl Loop {
         }
     }
 
-    /// Appends the refused records to `quarantine/q-<ms>-<queue>.jsonl` (the compactor's
-    /// format, with the reason), durably.
+    /// Writes the refused records to `quarantine/q-<ms>-<queue>.jsonl` (`compact::quarantine`,
+    /// with the reason), durably.
     fn quarantine(&self, refused: &[(&LogRecord, String)]) -> io::Result<()> {
-        std::fs::create_dir_all(&self.quarantine_dir)?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let path = self
-            .quarantine_dir
-            .join(format!("q-{now_ms:013}-{}.jsonl", self.producer.name()));
-        let mut out = Vec::new();
-        for (record, reason) in refused {
-            log::warn!(
-                "forwarder {}: quarantined a record of session {}: {reason}",
-                self.producer.name(),
-                record.meta.session_id
-            );
-            let line = serde_json::json!({
-                "reason": reason,
-                "session": record.meta.session_id.to_string(),
-                "kind": record.meta.kind.as_str(),
-                "arrival_unix_ns": record.meta.arrival_unix_ns,
-                "segment": crate::log::SegmentName {
-                    worker: record.worker,
-                    seq: record.segment_seq,
+        let entries: Vec<Quarantined<'_>> = refused
+            .iter()
+            .map(|(record, reason)| {
+                log::warn!(
+                    "forwarder {}: quarantined a record of session {}: {reason}",
+                    self.producer.name(),
+                    record.meta.session_id
+                );
+                Quarantined {
+                    meta: record.meta,
+                    segment: crate::log::SegmentName {
+                        worker: record.worker,
+                        seq: record.segment_seq,
+                    },
+                    offset: record.offset,
+                    name: &record.name,
+                    body: &record.body,
+                    reason: reason.clone(),
                 }
-                .file_name(),
-                "offset": record.offset,
-                "name": String::from_utf8_lossy(&record.name),
-                "body_base64": base64::engine::general_purpose::STANDARD.encode(&record.body),
-            });
-            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
-            out.push(b'\n');
-        }
-        let mut file = File::options().create(true).append(true).open(&path)?;
-        file.write_all(&out)?;
-        file.sync_all()?;
-        File::open(&self.quarantine_dir)?.sync_all()
+            })
+            .collect();
+        quarantine::write(&self.quarantine_dir, self.producer.name(), &entries)
     }
 }
 
