@@ -55,23 +55,6 @@ fn multipart(fields: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-fn mobile_start(node: &Node) -> serde_json::Value {
-    let body = serde_json::json!({
-        "projectKey": "mobile-key", "trackerVersion": "1.0.15", "revID": "",
-        "userUUID": "0CFEB1C0-FB25-4AA3-8FC0-4D0C1D28B1A1", "userOSVersion": "17.2",
-        "userDevice": "iPhone14,2", "userDeviceType": "mobile", "timestamp": now_ms(),
-        "timezone": "UTC+01:00", "deviceMemory": 6000, "doNotRecord": false, "platform": "ios",
-        "width": 390, "height": 844,
-    });
-    let r = node.post(
-        "/v1/mobile/start",
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 fn image_json(value: &[u8]) -> (String, Vec<u8>) {
     use base64::Engine;
     let v: serde_json::Value = serde_json::from_slice(value).unwrap();
@@ -144,7 +127,9 @@ fn every_request_reaches_redis_as_openreplay_reads_it() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let m = mobile_start(&node);
+    let r = node.mobile_start("mobile-key");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
     let (mtoken, msid) = (Node::token(&m), Node::session_id(&m));
     let mauth = format!("Bearer {mtoken}");
     let mbatch = [&[107u8, 0x80, 0x01, 2, 0][..], b"mobile messages"].concat();

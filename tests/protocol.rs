@@ -428,19 +428,6 @@ fn bad_tampered_expired_and_just_expired_tokens() {
     assert_eq!(post(Some(bearer(&token))).status, 200);
 }
 
-fn mobile_start(node: &Node, key: &str) -> Response {
-    let body = serde_json::json!({
-        "projectKey": key, "trackerVersion": "1.0.15", "revID": "", "userUUID": "0CFEB1C0-FB25-4AA3-8FC0-4D0C1D28B1A1",
-        "userOSVersion": "17.2", "userDevice": "iPhone14,2", "userDeviceType": "mobile", "timestamp": now_ms(),
-        "timezone": "UTC+01:00", "deviceMemory": 6000, "doNotRecord": false, "platform": "ios", "width": 390, "height": 844,
-    });
-    node.post(
-        "/v1/mobile/start",
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-}
-
 /// A mobile batch: MobileBatchMeta (107: Timestamp, Length, FirstIndex) then opaque messages.
 fn mobile_batch(first_index: u8, payload: &[u8]) -> Vec<u8> {
     let mut b = vec![107, 0x80, 0x01, 2, first_index];
@@ -451,7 +438,7 @@ fn mobile_batch(first_index: u8, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn mobile_start_batches_late_and_images() {
     let node = Node::start();
-    let r = mobile_start(&node, "mobile-key");
+    let r = node.mobile_start("mobile-key");
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     for key in ["token", "sessionID", "projectID", "userUUID"] {
@@ -595,8 +582,8 @@ fn mobile_start_batches_late_and_images() {
     );
     assert_eq!(r.status, 415);
     // A web project on the mobile start: 403.
-    assert_eq!(mobile_start(&node, "web-key").status, 403);
-    assert_eq!(mobile_start(&node, "nope").status, 404);
+    assert_eq!(node.mobile_start("web-key").status, 403);
+    assert_eq!(node.mobile_start("nope").status, 404);
 }
 
 #[test]

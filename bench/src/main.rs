@@ -269,24 +269,20 @@ fn main() -> anyhow::Result<()> {
             };
             let out = latency::run(&probe)?;
             let h = &out.latencies_us;
-            eprintln!(
-                "forward latency: {} batches sent, {} seen in Redis; p50 {} us, p99 {} us, \
-                 p99.9 {} us, max {} us",
-                out.sent,
-                out.seen,
+            let (p50, p99, p999, max) = (
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
                 h.value_at_quantile(0.999),
-                h.max()
+                h.max(),
+            );
+            eprintln!(
+                "forward latency: {} batches sent, {} seen in Redis; p50 {p50} us, p99 {p99} us, \
+                 p99.9 {p999} us, max {max} us",
+                out.sent, out.seen
             );
             println!(
-                "FWDLATSTAT sent={} seen={} p50_us={} p99_us={} p999_us={} max_us={}",
-                out.sent,
-                out.seen,
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max()
+                "FWDLATSTAT sent={} seen={} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max}",
+                out.sent, out.seen
             );
             Ok(())
         }

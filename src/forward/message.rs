@@ -170,34 +170,7 @@ impl Messages {
                 session_id,
                 value: record.body.clone(),
             });
-        } else if record.meta.kind == RecordKind::ImageUpload {
-            let upload =
-                upload::decode(&record.body).map_err(|e| MessageError::Invalid(e.to_string()))?;
-            for (topic, value) in image_messages(&upload, topics.image_format)? {
-                self.list.push(Message {
-                    topic,
-                    session_id,
-                    value: Bytes::from(value),
-                });
-            }
-        } else if record.meta.kind == RecordKind::Image {
-            // One file of an upload, as nodes before upload records stored them: forwarded as
-            // a one-file upload of the route its name says (mobile names carry the project).
-            let name = String::from_utf8_lossy(&record.name);
-            let source = if name.matches('/').count() >= 2 {
-                Source::Mobile
-            } else {
-                Source::Canvas
-            };
-            let file = name.rsplit('/').next().unwrap_or_default();
-            let upload = Upload {
-                source,
-                frames: file.ends_with(".frames"),
-                files: vec![upload::UploadFile {
-                    name: file,
-                    data: &record.body,
-                }],
-            };
+        } else if let Some(upload) = image_upload(record)? {
             for (topic, value) in image_messages(&upload, topics.image_format)? {
                 self.list.push(Message {
                     topic,
@@ -214,6 +187,35 @@ impl Messages {
             }
         }
         Ok(())
+    }
+}
+
+/// The upload an image record holds; `None` for other kinds.
+fn image_upload(record: &LogRecord) -> Result<Option<Upload<'_>>, MessageError> {
+    match record.meta.kind {
+        RecordKind::ImageUpload => upload::decode(&record.body)
+            .map(Some)
+            .map_err(|e| MessageError::Invalid(e.to_string())),
+        RecordKind::Image => {
+            // One file of an upload, as nodes before upload records stored them: a one-file
+            // upload of the route its name says (mobile names carry the project).
+            let name = std::str::from_utf8(&record.name).unwrap_or_default();
+            let source = if name.matches('/').count() >= 2 {
+                Source::Mobile
+            } else {
+                Source::Canvas
+            };
+            let file = name.rsplit('/').next().unwrap_or_default();
+            Ok(Some(Upload {
+                source,
+                frames: file.ends_with(".frames"),
+                files: vec![upload::UploadFile {
+                    name: file,
+                    data: &record.body,
+                }],
+            }))
+        }
+        _ => Ok(None),
     }
 }
 

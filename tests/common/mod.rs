@@ -216,6 +216,22 @@ impl Node {
         r.json()
     }
 
+    /// A mobile start request of `project_key` (an iPhone), whatever it answers.
+    pub fn mobile_start(&self, project_key: &str) -> Response {
+        let body = serde_json::json!({
+            "projectKey": project_key, "trackerVersion": "1.0.15", "revID": "",
+            "userUUID": "0CFEB1C0-FB25-4AA3-8FC0-4D0C1D28B1A1", "userOSVersion": "17.2",
+            "userDevice": "iPhone14,2", "userDeviceType": "mobile", "timestamp": now_ms(),
+            "timezone": "UTC+01:00", "deviceMemory": 6000, "doNotRecord": false,
+            "platform": "ios", "width": 390, "height": 844,
+        });
+        self.post(
+            "/v1/mobile/start",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
     pub fn session_id(start: &serde_json::Value) -> u64 {
         start["sessionID"].as_str().unwrap().parse().unwrap()
     }

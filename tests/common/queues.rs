@@ -36,17 +36,23 @@ impl Entry {
     }
 }
 
-fn redis_binary() -> &'static str {
-    let found = Command::new("redis-server")
-        .arg("--version")
+/// Fails the test, saying how to install it, when `tool` does not run (`tool version_arg`).
+fn require(tool: &str, version_arg: &str) {
+    let found = Command::new(tool)
+        .arg(version_arg)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         found,
-        "these tests need a real redis-server: apt-get install redis-server (./test.sh installs it \
-         when run as root)"
+        "these tests need a real {tool}: apt-get install {tool} (./test.sh installs it when \
+         run as root)"
     );
+}
+
+fn redis_binary() -> &'static str {
+    require("redis-server", "--version");
     "redis-server"
 }
 
@@ -242,15 +248,7 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(backends: &[std::net::SocketAddr]) -> Haproxy {
-        let found = Command::new("haproxy")
-            .arg("-v")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "this test needs haproxy: apt-get install haproxy (./test.sh installs it as root)"
-        );
+        require("haproxy", "-v");
         let tmp = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = free_port();
