@@ -289,14 +289,7 @@ fn redrive(session: u64, settings: &ServeArgs) -> Result<()> {
     }
     let records: Vec<seglog::LogRecord> = compact::store::read_session(&config.data_dir, session)?
         .into_iter()
-        .map(|r| seglog::LogRecord {
-            meta: r.meta,
-            worker: r.origin.worker,
-            segment_seq: r.origin.segment_seq,
-            offset: r.origin.offset,
-            name: r.name,
-            body: r.body,
-        })
+        .map(Into::into)
         .collect();
     if records.is_empty() {
         bail!(

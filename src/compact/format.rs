@@ -173,6 +173,20 @@ impl From<StoredRecord> for CompactRecord {
     }
 }
 
+/// Back to the log's record (a forwarder's input, for `redrive`).
+impl From<CompactRecord> for StoredRecord {
+    fn from(r: CompactRecord) -> Self {
+        StoredRecord {
+            meta: r.meta,
+            worker: r.origin.worker,
+            segment_seq: r.origin.segment_seq,
+            offset: r.origin.offset,
+            name: r.name,
+            body: r.body,
+        }
+    }
+}
+
 impl SessionRecord for CompactRecord {
     fn kind(&self) -> RecordKind {
         self.meta.kind

@@ -592,11 +592,6 @@ impl Consumer {
         self.commit(cursor);
     }
 
-    /// What was handed on up to the committed cursor, over the consumer's whole life.
-    pub fn delivered(&self) -> Delivered {
-        self.delivered
-    }
-
     /// Forgets what was read since the last commit: the next read starts at the committed
     /// cursor again. For an owner whose work on what it read failed (a full disk, a queue
     /// down) and that will try again.
