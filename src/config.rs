@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactorConfig;
+use crate::db::PostgresConfig;
 use crate::forward::kafka::KafkaConfig;
 use crate::forward::message::ImageFormat;
 use crate::forward::redis::RedisConfig;
@@ -45,6 +46,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// The Kafka forwarder, when `KAFKA_SERVERS` is set.
     pub kafka: Option<KafkaConfig>,
+    /// Projects from, and session rows into, OpenReplay's database, when `POSTGRES_STRING` is set.
+    pub postgres: Option<PostgresConfig>,
     pub segment_size: u64,
     pub segment_max_age: Duration,
     pub prefault_window: usize,
@@ -153,6 +156,14 @@ pub struct ServeArgs {
     /// Partitions of each Kafka topic (default 16): a session goes to `sessionID % N`.
     #[arg(long)]
     pub kafka_partitions: Option<u32>,
+    /// OpenReplay's PostgreSQL (a `postgres://` URL): projects are read from it (instead of a
+    /// projects file) and every new session's `sessions` row is written into it.
+    #[arg(long, env = "POSTGRES_STRING", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// How often the projects, tags and conditions are read again from PostgreSQL (default
+    /// 30s; project changes also arrive at once through OpenReplay's `project` notification).
+    #[arg(long, value_parser = parse_duration)]
+    pub projects_refresh: Option<Duration>,
     /// Segment size in bytes (default 64 MiB).
     #[arg(long)]
     pub segment_size: Option<u64>,
@@ -231,6 +242,9 @@ struct FileConfig {
     compression_type: Option<String>,
     queue_message_size_limit: Option<usize>,
     kafka_partitions: Option<u32>,
+    postgres: Option<String>,
+    #[serde(default, with = "humantime_opt")]
+    projects_refresh: Option<Duration>,
     segment_size: Option<u64>,
     #[serde(default, with = "humantime_opt")]
     segment_max_age: Option<Duration>,
@@ -447,6 +461,18 @@ impl Config {
                         .or(f.kafka_partitions)
                         .unwrap_or(KafkaConfig::DEFAULT_PARTITIONS),
                 }),
+            postgres: a
+                .postgres
+                .clone()
+                .or(f.postgres)
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| PostgresConfig {
+                    url: url.trim().to_string(),
+                    projects_refresh: a
+                        .projects_refresh
+                        .or(f.projects_refresh)
+                        .unwrap_or(PostgresConfig::DEFAULT_PROJECTS_REFRESH),
+                }),
             segment_size,
             segment_max_age: a
                 .segment_max_age
@@ -492,6 +518,11 @@ impl Config {
                     "QUEUE_MESSAGE_SIZE_LIMIT must be at least 1000 bytes",
                 ));
             }
+        }
+        if config.postgres.is_some() && config.projects_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "POSTGRES_STRING and a projects file are both set: projects come from one of them",
+            ));
         }
         if config.json_size_limit == 0 || config.beacon_size_limit == 0 {
             return Err(ConfigError::Invalid("size limits must be positive"));
@@ -619,6 +650,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// A URL without its password, for the logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]

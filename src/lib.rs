@@ -11,8 +11,10 @@
 //!        -> compact (its own thread: validate, quarantine, group by session, zstd + index)
 //!        -> forward (a thread per queue: record -> OpenReplay's message; Redis Streams, Kafka;
 //!           the cursor moves once the queue acknowledged)
-//!        -> (the database writer: next)
-//! admin: health (heartbeats, disk budget, consumer lags), read by the routes
+//!        -> db (the database writer: a `sessions` row per new session, in batches; the
+//!           forwarders never pass its cursor, so a row is committed before its messages go)
+//! projects <- file, or PostgreSQL (db::projects, its own thread, swapped into project::Catalog)
+//! admin: health (heartbeats, disk budget, consumer lags, projects), read by the routes
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -24,6 +26,7 @@ pub mod admin;
 pub mod codec;
 pub mod compact;
 pub mod config;
+pub mod db;
 pub mod device;
 pub mod flake;
 pub mod forward;

@@ -14,14 +14,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use replay_ingest::admin::Health;
 use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
+use replay_ingest::db::{self, DbWriter, ProjectLoader};
 use replay_ingest::forward::redis::RedisProducer;
 use replay_ingest::forward::{Forwarder, Producer};
 use replay_ingest::geo::GeoDb;
 use replay_ingest::log::{
-    self as seglog, ConsumerRegistry, Lag, RecordKind, SegmentEvent, SegmentService, Topic,
+    self as seglog, ConsumerRegistry, ConsumerState, Lag, RecordKind, SegmentEvent, SegmentService,
+    Topic,
 };
 use replay_ingest::net::Server;
-use replay_ingest::project::Projects;
+use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::NodeState;
 
 #[derive(Parser)]
@@ -130,14 +132,16 @@ fn serve(args: &ServeArgs) -> Result<()> {
             config.data_path("token-secret").display()
         );
     }
-    let projects = match &config.projects_file {
-        Some(path) => Projects::load(path)?,
-        None => {
+    let projects = Arc::new(match (&config.projects_file, &config.postgres) {
+        (Some(path), _) => Catalog::fixed(Projects::load(path)?),
+        // Filled by the loader once it has read the table.
+        (None, Some(_)) => Catalog::pending(),
+        (None, None) => {
             let key = demo_project_key(&config)?;
             println!("demo project key: {key}");
-            Projects::demo(key)
+            Catalog::fixed(Projects::demo(key))
         }
-    };
+    });
     let geo = match &config.geoip_db {
         Some(path) => {
             Some(GeoDb::open(path).with_context(|| format!("GeoIP database {}", path.display()))?)
@@ -169,6 +173,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     for worker in 0..workers {
         health.heartbeat(&format!("worker-{worker}"));
     }
+    health.watch_projects(Arc::clone(&projects), config.postgres.is_some());
     // Consumers register before traffic flows, so retention keeps what each has not read.
     let compactor_events = {
         let (tx, rx) = crossbeam_channel::bounded(compact::compactor::EVENT_QUEUE);
@@ -179,7 +184,9 @@ fn serve(args: &ServeArgs) -> Result<()> {
             .context("cannot start the compactor")?;
         (tx, compactor)
     };
-    let forwarders = start_forwarders(&config, &registry, &mut health)?;
+    let database = start_database(&config, &registry, &projects, &mut health)?;
+    let leader = database.as_ref().map(|d| Arc::clone(&d.leader));
+    let forwarders = start_forwarders(&config, &registry, leader.as_ref(), &mut health)?;
     registry.registration_complete();
 
     let segments = Arc::new(segments);
@@ -208,8 +215,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
         Ok(segments) => segments.shutdown(),
         Err(_) => log::error!("segment service still shared at shutdown"),
     }
-    // Forwarders send what the last seals left (while their queue takes it, for a few
-    // seconds at most), then save their cursors; the compactor likewise.
+    // The database writer inserts the last rows first, so that the forwarders behind it can
+    // send their sessions' messages; then the forwarders send what the last seals left (while
+    // their queue takes it, for a few seconds at most), then save their cursors; the compactor
+    // likewise.
+    if let Some(database) = database {
+        database.writer.stop();
+        database.loader.stop();
+    }
     for forwarder in forwarders {
         forwarder.stop();
     }
@@ -220,17 +233,61 @@ fn serve(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The PostgreSQL side of a node: the projects loader and the database writer.
+struct Database {
+    loader: ProjectLoader,
+    writer: DbWriter,
+    /// The writer's consumer state, which the forwarders read behind.
+    leader: Arc<ConsumerState>,
+}
+
+/// Starts the projects loader and registers and starts the database writer, when
+/// `POSTGRES_STRING` is set.
+fn start_database(
+    config: &Config,
+    registry: &Arc<ConsumerRegistry>,
+    projects: &Arc<Catalog>,
+    health: &mut Health,
+) -> Result<Option<Database>> {
+    let Some(postgres) = &config.postgres else {
+        return Ok(None);
+    };
+    log::info!(
+        "projects from PostgreSQL at {} (read every {}, and on each change); sessions rows \
+         written there, the forwarders behind them",
+        config::redact_url(&postgres.url),
+        humantime::format_duration(postgres.projects_refresh)
+    );
+    let beat = health.heartbeat("db-projects");
+    let loader = ProjectLoader::start(postgres.clone(), Arc::clone(projects), beat)
+        .context("cannot start the projects loader")?;
+    let consumer = registry.register(db::WRITER_CONSUMER)?;
+    let leader = Arc::clone(consumer.state());
+    let beat = health.heartbeat("db-writer");
+    let writer = DbWriter::start(consumer, postgres.clone(), config.data_dir.clone(), beat)
+        .context("cannot start the database writer")?;
+    Ok(Some(Database {
+        loader,
+        writer,
+        leader,
+    }))
+}
+
 /// Registers and starts a forwarder for each queue configured (before traffic flows, so that
-/// retention keeps what they have not sent).
+/// retention keeps what they have not sent); behind `leader` (the database writer) if given.
 fn start_forwarders(
     config: &Config,
     registry: &Arc<ConsumerRegistry>,
+    leader: Option<&Arc<ConsumerState>>,
     health: &mut Health,
 ) -> Result<Vec<Forwarder>> {
     let mut forwarders = Vec::new();
     for producer in producers(config)? {
         let name = format!("forward-{}", producer.name());
-        let consumer = registry.register(&name)?;
+        let mut consumer = registry.register(&name)?;
+        if let Some(leader) = leader {
+            consumer.read_behind(leader);
+        }
         let beat = health.heartbeat(&name);
         let forwarder = Forwarder::start(
             consumer,
@@ -253,7 +310,7 @@ fn producers(config: &Config) -> Result<Vec<Box<dyn Producer>>> {
             RedisProducer::new(redis.clone(), config.topics.clone()).map_err(anyhow::Error::msg)?;
         log::info!(
             "forwarding to Redis Streams at {} ({})",
-            redact_url(&redis.url_with_scheme()),
+            config::redact_url(&redis.url_with_scheme()),
             if redis.ttl.is_zero() {
                 format!("streams trimmed to about {} entries", redis.max_len)
             } else {
@@ -314,16 +371,6 @@ fn redrive(session: u64, settings: &ServeArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A URL without its password, for the logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// The demo project's key: generated on the first run and kept, so restarts keep it.

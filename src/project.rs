@@ -1,12 +1,18 @@
 //! Projects: which project keys a node accepts and how each is recorded.
 //!
-//! Loaded once at start from the `--projects` JSON file (an array of project objects), or, when
+//! In: the `--projects` JSON file (an array of project objects), read once at start; or, when
 //! there is none, a demo project whose key is generated once and kept in the data directory so
-//! that a first run works with no set-up. Read-only afterwards, shared by every worker.
+//! that a first run works with no set-up; or OpenReplay's `projects` table, which the loader
+//! (`crate::db::projects`, its own thread) reads and replaces here whenever it changes. Out: a
+//! [`Catalog`] the workers look keys up in, without ever waiting on a file or a database: a
+//! lookup is a read lock and an `Arc` clone, and a replacement swaps one `Arc`.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,6 +23,8 @@ pub enum Platform {
     Web,
     /// Mobile trackers (iOS and Android) use the `/v1/ios` and `/v1/mobile` routes.
     Ios,
+    /// As `ios`: OpenReplay's `platform` enum tells the two mobile trackers apart.
+    Android,
     All,
 }
 
@@ -26,7 +34,17 @@ impl Platform {
     }
 
     pub fn accepts_mobile(self) -> bool {
-        matches!(self, Platform::Ios | Platform::All)
+        matches!(self, Platform::Ios | Platform::Android | Platform::All)
+    }
+
+    /// A label of OpenReplay's `platform` enum.
+    pub fn from_label(label: &str) -> Option<Platform> {
+        match label {
+            "web" => Some(Platform::Web),
+            "ios" => Some(Platform::Ios),
+            "android" => Some(Platform::Android),
+            _ => None,
+        }
     }
 }
 
@@ -189,6 +207,94 @@ impl Projects {
     }
 }
 
+/// What a key lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Arc<Project>),
+    /// Not among the active projects, as their source is now.
+    Unknown,
+    /// Not among the projects known, and their source could not be consulted (the database is
+    /// unreachable, or was never read): the key may exist.
+    Unavailable,
+}
+
+/// The projects the workers serve, replaceable while they run.
+pub struct Catalog {
+    projects: RwLock<Arc<Projects>>,
+    /// The largest beacon limit any project announces (0: none), for the batch routes.
+    max_beacon: AtomicU64,
+    /// Whether `projects` is the source as it is now: always for a file; for the database,
+    /// since a read that is still followed by its change notifications.
+    current: AtomicBool,
+    /// Whether the source was ever read.
+    loaded: AtomicBool,
+}
+
+impl Catalog {
+    /// Projects that never change (a file, the demo project).
+    pub fn fixed(projects: Projects) -> Catalog {
+        let catalog = Catalog::pending();
+        catalog.replace(projects);
+        catalog
+    }
+
+    /// No projects until the loader reads them.
+    pub fn pending() -> Catalog {
+        Catalog {
+            projects: RwLock::new(Arc::new(Projects::default())),
+            max_beacon: AtomicU64::new(0),
+            current: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Puts a fresh read of the source in place: current from now on.
+    pub fn replace(&self, projects: Projects) {
+        self.max_beacon.store(
+            projects.max_beacon_size_limit().unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        *self.projects.write() = Arc::new(projects);
+        self.loaded.store(true, Ordering::SeqCst);
+        self.current.store(true, Ordering::SeqCst);
+    }
+
+    /// The source can no longer be consulted: keep serving what is known, but an unknown key
+    /// is [`Lookup::Unavailable`] until the next [`Catalog::replace`].
+    pub fn mark_stale(&self) {
+        self.current.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst)
+    }
+
+    pub fn by_key(&self, key: &str) -> Lookup {
+        match self.projects.read().by_key(key) {
+            Some(project) => Lookup::Found(Arc::clone(project)),
+            None if self.is_current() => Lookup::Unknown,
+            None => Lookup::Unavailable,
+        }
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Arc<Project>> {
+        self.projects.read().by_id(id).cloned()
+    }
+
+    /// The projects as they are now.
+    pub fn snapshot(&self) -> Arc<Projects> {
+        Arc::clone(&self.projects.read())
+    }
+
+    pub fn max_beacon_size_limit(&self) -> u64 {
+        self.max_beacon.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +324,25 @@ mod tests {
         ] {
             assert!(Projects::from_json(text, "t").is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn an_unknown_key_is_unknown_only_while_the_source_is_current() {
+        let catalog = Catalog::pending();
+        assert!(matches!(catalog.by_key("k1"), Lookup::Unavailable));
+        catalog.replace(
+            Projects::from_json(
+                r#"[{"projectKey":"k1","projectID":7,"beaconSizeLimit":500000}]"#,
+                "t",
+            )
+            .unwrap(),
+        );
+        assert!(matches!(catalog.by_key("k1"), Lookup::Found(p) if p.project_id == 7));
+        assert!(matches!(catalog.by_key("k2"), Lookup::Unknown));
+        assert_eq!(catalog.max_beacon_size_limit(), 500_000);
+        catalog.mark_stale();
+        assert!(matches!(catalog.by_key("k1"), Lookup::Found(_)));
+        assert!(matches!(catalog.by_key("k2"), Lookup::Unavailable));
+        assert!(catalog.is_loaded() && !catalog.is_current());
     }
 }

@@ -13,7 +13,7 @@ use common::{batch_request, read_response, SECRET};
 use replay_ingest::config::{Config, ServeArgs};
 use replay_ingest::log::SegmentService;
 use replay_ingest::net::Server;
-use replay_ingest::project::Projects;
+use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::NodeState;
 use replay_ingest::token::{SessionToken, TokenSigner};
 
@@ -84,7 +84,7 @@ fn warm_batch_path_does_not_allocate() {
     );
     let node = NodeState::new(
         config,
-        Projects::demo("k".into()),
+        Arc::new(Catalog::fixed(Projects::demo("k".into()))),
         SECRET.as_bytes(),
         None,
         health,

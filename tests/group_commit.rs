@@ -16,7 +16,7 @@ use replay_ingest::admin::Health;
 use replay_ingest::config::{Config, ServeArgs};
 use replay_ingest::log::{Durability, SegmentService, SegmentWriter};
 use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
-use replay_ingest::project::Projects;
+use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::{NodeState, WorkerCtx};
 use replay_ingest::token::{SessionToken, TokenSigner};
 
@@ -86,7 +86,7 @@ impl Rig {
         );
         let node = NodeState::new(
             config,
-            Projects::demo("k".into()),
+            std::sync::Arc::new(Catalog::fixed(Projects::demo("k".into()))),
             SECRET.as_bytes(),
             None,
             health,

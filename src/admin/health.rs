@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::log::ConsumerRegistry;
+use crate::project::Catalog;
 
 /// A loop that beats less often than this is taken for wedged. Far above the longest turn a
 /// healthy loop takes (a compaction run of 256 MiB: about two seconds here).
@@ -47,6 +48,8 @@ pub struct Health {
     heartbeats: Vec<Arc<Heartbeat>>,
     registry: Arc<ConsumerRegistry>,
     ready_max_lag: Duration,
+    /// The projects served, and whether they come from the database.
+    projects: Option<(Arc<Catalog>, bool)>,
 }
 
 impl Health {
@@ -56,7 +59,14 @@ impl Health {
             heartbeats: Vec::new(),
             registry,
             ready_max_lag,
+            projects: None,
         }
+    }
+
+    /// Readiness also says whether projects were read (a node whose database was down at
+    /// start-up serves no start until then) and whether they are current.
+    pub fn watch_projects(&mut self, catalog: Arc<Catalog>, from_database: bool) {
+        self.projects = Some((catalog, from_database));
     }
 
     /// A heartbeat for loop `name`, counted by liveness from now on.
@@ -122,6 +132,19 @@ impl Health {
         if budget.storage_error() {
             reasons.push("the last segment file could not be prepared (disk full?)".into());
         }
+        let projects = self.projects.as_ref().map(|(catalog, from_database)| {
+            if !catalog.is_loaded() {
+                reasons.push("projects not read yet: PostgreSQL unreachable".into());
+            }
+            json!({
+                "source": if *from_database { "postgres" } else { "file" },
+                "count": catalog.snapshot().len(),
+                "loaded": catalog.is_loaded(),
+                // False while the database is unreachable: known keys are served, unknown
+                // keys get 503.
+                "current": catalog.is_current(),
+            })
+        });
         let mut consumers = Vec::new();
         for c in self.registry.consumers() {
             let lag = c.lag();
@@ -152,6 +175,7 @@ impl Health {
                 "full": budget.is_full(),
             },
             "consumers": consumers,
+            "projects": projects,
         });
         (ok, body.to_string().into_bytes())
     }

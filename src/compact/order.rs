@@ -107,7 +107,7 @@ fn read_place(topic: u8, body: &[u8]) -> Result<BatchPlace, WalkError> {
 fn is_start(kind: RecordKind) -> bool {
     matches!(
         kind,
-        RecordKind::SessionStart | RecordKind::MobileSessionStart
+        RecordKind::SessionStart | RecordKind::MobileSessionStart | RecordKind::SessionRow
     )
 }
 

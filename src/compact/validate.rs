@@ -16,6 +16,7 @@
 //! | `SessionStart` | its first message type (a uint) is 1 |
 //! | `MobileSessionStart` | its first message type (a uint) is 90 |
 //! | `ImageUpload` | its files decode (`crate::upload`); the images themselves are opaque |
+//! | `SessionRow` | it decodes as a row (`crate::db::row`) |
 //! | `Image`, `NotStarted` | always: not batches |
 
 use std::fmt;
@@ -39,6 +40,8 @@ pub enum Problem {
     StartType { want: u64, found: u64 },
     /// An image upload record that does not decode.
     Upload(crate::upload::UploadError),
+    /// A session row that does not decode.
+    Row,
 }
 
 impl fmt::Display for Quarantine {
@@ -52,6 +55,7 @@ impl fmt::Display for Quarantine {
             RecordKind::Image => "image",
             RecordKind::NotStarted => "not-started record",
             RecordKind::ImageUpload => "image upload",
+            RecordKind::SessionRow => "session row",
         };
         match self.problem {
             Problem::Framing(e) => write!(f, "{what}: {e}"),
@@ -59,6 +63,7 @@ impl fmt::Display for Quarantine {
                 write!(f, "{what}: first message is type {found}, not {want}")
             }
             Problem::Upload(e) => write!(f, "{e}"),
+            Problem::Row => write!(f, "{what}: does not decode as a row"),
         }
     }
 }
@@ -82,6 +87,9 @@ pub fn check_record(kind: RecordKind, body: &[u8]) -> Result<(), Quarantine> {
         RecordKind::ImageUpload => crate::upload::decode(body)
             .map(drop)
             .map_err(|e| refuse(Problem::Upload(e))),
+        RecordKind::SessionRow => crate::db::row::SessionRow::decode(body)
+            .map(drop)
+            .map_err(|_| refuse(Problem::Row)),
         RecordKind::Image | RecordKind::NotStarted => Ok(()),
     }
 }

@@ -160,7 +160,10 @@ impl Messages {
             RecordKind::SessionStart | RecordKind::WebBatch => Some(TopicId::RawWeb),
             RecordKind::WebAssetsBatch => Some(TopicId::RawAssets),
             RecordKind::MobileSessionStart | RecordKind::MobileBatch => Some(TopicId::RawIos),
-            RecordKind::ImageUpload | RecordKind::Image | RecordKind::NotStarted => None,
+            RecordKind::ImageUpload
+            | RecordKind::Image
+            | RecordKind::NotStarted
+            | RecordKind::SessionRow => None,
         };
         if let Some(topic) = topic {
             check_record(record.meta.kind, &record.body)

@@ -41,6 +41,10 @@
 //!   still being received (PENDING) holds back only itself.
 //! * [`Consumer::next_sealed`]: one whole sealed segment at a time (the compactor).
 //!
+//! A consumer may read behind another ([`Consumer::read_behind`]): it then gets a record only
+//! once that leader committed past it, and the leader's commits wake it. The forwarders read
+//! behind the database writer, so a session's messages reach the queue only after its row.
+//!
 //! A reader of an open segment stops at the first record that is not committed yet (PENDING) and
 //! at the end mark, and moves to the worker's next segment only once the one it is in is sealed
 //! and read to its sealed length. A committed record whose checksum fails is read once more
@@ -318,6 +322,8 @@ pub struct ConsumerState {
     pub skipped: SkipCounters,
     /// Sealed segments its saved cursor is not past, as the segment service last counted.
     lag: Mutex<SegmentLag>,
+    /// Another consumer reads behind this one: its commits wake waiting consumers.
+    followed: AtomicBool,
 }
 
 /// What a consumer has not passed yet, in sealed segments (open segments are not counted: a
@@ -337,6 +343,11 @@ impl ConsumerState {
 
     pub fn committed(&self) -> Cursor {
         self.committed.lock().clone()
+    }
+
+    /// Whether this consumer committed past the record at `offset` of `segment`.
+    pub fn has_committed(&self, segment: SegmentName, offset: u64) -> bool {
+        self.committed.lock().has_passed(segment, offset)
     }
 
     pub fn lag(&self) -> SegmentLag {
@@ -407,6 +418,7 @@ impl ConsumerRegistry {
             committed: Mutex::new(cursor.clone()),
             skipped: SkipCounters::default(),
             lag: Mutex::new(SegmentLag::default()),
+            followed: AtomicBool::new(false),
         });
         {
             let mut consumers = self.consumers.lock();
@@ -426,6 +438,7 @@ impl ConsumerRegistry {
             last_save: Instant::now(),
             save_interval: DEFAULT_SAVE_INTERVAL,
             delivered,
+            leader: None,
         })
     }
 
@@ -543,6 +556,8 @@ pub struct Consumer {
     save_interval: Duration,
     /// What was handed on up to `committed`, saved with it.
     delivered: Delivered,
+    /// The consumer this one reads behind ([`Consumer::read_behind`]).
+    leader: Option<Arc<ConsumerState>>,
 }
 
 impl Consumer {
@@ -556,6 +571,14 @@ impl Consumer {
 
     pub fn set_save_interval(&mut self, interval: Duration) {
         self.save_interval = interval;
+    }
+
+    /// From now on [`Consumer::read`] hands out only records that `leader` has committed (a
+    /// forwarder behind the database writer: a session's messages go to the queue only once
+    /// its row is in the database). The leader's commits wake this consumer.
+    pub fn read_behind(&mut self, leader: &Arc<ConsumerState>) {
+        leader.followed.store(true, Ordering::SeqCst);
+        self.leader = Some(Arc::clone(leader));
     }
 
     /// The node's disk budget (see `budget`).
@@ -582,6 +605,9 @@ impl Consumer {
         self.committed.advance_to(cursor);
         self.read_to.advance_to(cursor);
         *self.state.committed.lock() = self.committed.clone();
+        if self.state.followed.load(Ordering::Relaxed) {
+            self.registry.wake();
+        }
     }
 
     /// [`Consumer::commit`] for a consumer that hands records on: also counts what it handed
@@ -710,6 +736,16 @@ impl Consumer {
                 break;
             };
             let stream = self.streams.get_mut(&worker).expect("picked from the map");
+            if let (Some(leader), Some(head)) = (&self.leader, &stream.head) {
+                let segment = SegmentName {
+                    worker,
+                    seq: head.segment_seq,
+                };
+                if !leader.has_committed(segment, head.offset) {
+                    // In log order, this is the next record: nothing after it goes first.
+                    break;
+                }
+            }
             let record = stream.take().expect("peeked");
             bytes += record.body.len();
             out.push(record);

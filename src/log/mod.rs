@@ -62,6 +62,8 @@ pub enum RecordKind {
     NotStarted = 7,
     /// Every file of one image upload, with its form type (`crate::upload`).
     ImageUpload = 8,
+    /// A new session's `sessions` row (`crate::db::row`), just before its start message.
+    SessionRow = 9,
 }
 
 /// The queue topics of OpenReplay's pipeline (their names are the caller's configuration).
@@ -76,7 +78,7 @@ pub enum Topic {
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::WebBatch,
         RecordKind::WebAssetsBatch,
         RecordKind::MobileBatch,
@@ -85,6 +87,7 @@ impl RecordKind {
         RecordKind::Image,
         RecordKind::NotStarted,
         RecordKind::ImageUpload,
+        RecordKind::SessionRow,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -92,13 +95,17 @@ impl RecordKind {
     }
 
     /// The queue topic OpenReplay's consumers read this kind from; `None` for kinds that are not
-    /// forwarded to a queue (images go to storage, not-started is only counted).
+    /// forwarded to a queue (images go to storage, not-started is only counted, a session row goes
+    /// to the database).
     pub fn topic(self) -> Option<Topic> {
         match self {
             RecordKind::WebBatch | RecordKind::SessionStart => Some(Topic::Raw),
             RecordKind::WebAssetsBatch => Some(Topic::RawAssets),
             RecordKind::MobileBatch | RecordKind::MobileSessionStart => Some(Topic::RawIos),
-            RecordKind::Image | RecordKind::ImageUpload | RecordKind::NotStarted => None,
+            RecordKind::Image
+            | RecordKind::ImageUpload
+            | RecordKind::NotStarted
+            | RecordKind::SessionRow => None,
         }
     }
 
@@ -113,6 +120,7 @@ impl RecordKind {
             RecordKind::Image => "image",
             RecordKind::NotStarted => "not-started",
             RecordKind::ImageUpload => "image-upload",
+            RecordKind::SessionRow => "session-row",
         }
     }
 }

@@ -1352,3 +1352,68 @@ fn records_committed_before_another_arrived_are_read_first() {
     );
     service.shutdown();
 }
+
+/// A consumer reading behind another (a forwarder behind the database writer) gets a record
+/// only once the leader committed past it, in log order, and wakes up when the leader commits.
+#[test]
+fn a_consumer_behind_another_reads_only_what_the_leader_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut leader = service.consumers().register("leader").unwrap();
+    let mut follower = service.consumers().register("follower").unwrap();
+    follower.read_behind(leader.state());
+    service.consumers().registration_complete();
+    let mut w = service.writer(0).unwrap();
+    for n in 0..4u64 {
+        w.append(
+            meta(1, 10 + n, RecordKind::WebBatch),
+            b"",
+            &[&n.to_le_bytes()],
+        )
+        .unwrap();
+    }
+    w.end_turn();
+    let body = |r: &LogRecord| u64::from_le_bytes(r.body[..8].try_into().unwrap());
+    let mut out = Vec::new();
+    follower
+        .read(&mut out, 16, 1 << 20, Duration::from_millis(50))
+        .unwrap();
+    assert!(out.is_empty(), "read past a leader that committed nothing");
+
+    // The leader reads all four and commits past the first two only: its position is then
+    // the third record's.
+    let mut led = Vec::new();
+    let cursor = leader.read(&mut led, 16, 1 << 20, Duration::ZERO).unwrap();
+    assert_eq!(led.len(), 4);
+    let partial = Cursor {
+        positions: [(
+            0u16,
+            Position {
+                seq: led[2].segment_seq,
+                offset: led[2].offset,
+            },
+        )]
+        .into(),
+    };
+    leader.commit(&partial);
+    follower
+        .read(&mut out, 16, 1 << 20, Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(out.iter().map(body).collect::<Vec<_>>(), [0, 1]);
+
+    // A follower waiting on an empty read wakes when the leader commits the rest.
+    let got = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut rest = Vec::new();
+            follower
+                .read(&mut rest, 16, 1 << 20, Duration::from_secs(20))
+                .unwrap();
+            rest
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        leader.commit(&cursor);
+        reader.join().unwrap()
+    });
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), [2, 3]);
+    w.close().unwrap();
+}

@@ -28,7 +28,7 @@ use crate::http::{
     InflateError, Method, RequestHead, ResponseOptions, Status,
 };
 use crate::log::{RecordKind, RecordMeta, Reservation, SegmentWriter};
-use crate::project::{Project, Projects};
+use crate::project::{Catalog, Lookup, Project};
 use crate::token::{SessionToken, TokenError, TokenSigner};
 use crate::useragent::UserAgentParser;
 
@@ -37,28 +37,23 @@ pub use web::SessionTable;
 /// Everything the routes share, read-only but for the session table.
 pub struct NodeState {
     pub config: Config,
-    pub projects: Projects,
+    pub projects: Arc<Catalog>,
     pub signer: TokenSigner,
     pub ids: SessionIdGenerator,
     pub user_agents: UserAgentParser,
     pub geo: Option<GeoDb>,
     pub sessions: SessionTable,
-    /// Decoded bytes accepted on the batch routes.
-    pub batch_limit: u64,
     pub health: Health,
 }
 
 impl NodeState {
     pub fn new(
         config: Config,
-        projects: Projects,
+        projects: Arc<Catalog>,
         secret: &[u8],
         geo: Option<GeoDb>,
         health: Health,
     ) -> Arc<NodeState> {
-        let batch_limit = config
-            .batch_size_limit()
-            .max(projects.max_beacon_size_limit().unwrap_or(0));
         Arc::new(NodeState {
             ids: SessionIdGenerator::new(config.shard),
             signer: TokenSigner::new(secret),
@@ -67,13 +62,19 @@ impl NodeState {
             config,
             projects,
             geo,
-            batch_limit,
             health,
         })
     }
 }
 
 impl NodeState {
+    /// Decoded bytes accepted on the batch routes: what any start answer allowed.
+    pub fn batch_limit(&self) -> u64 {
+        self.config
+            .batch_size_limit()
+            .max(self.projects.max_beacon_size_limit())
+    }
+
     /// The beacon size limit a project's trackers are told.
     pub fn beacon_size_limit(&self, project: &Project) -> u64 {
         project
@@ -149,7 +150,7 @@ impl Route {
     fn body_limit(self, node: &NodeState) -> u64 {
         let c = &node.config;
         match self {
-            Route::WebBatch | Route::MobileBatch | Route::MobileLate => node.batch_limit,
+            Route::WebBatch | Route::MobileBatch | Route::MobileLate => node.batch_limit(),
             Route::WebImages | Route::MobileImages => c.file_size_limit,
             Route::Health
             | Route::HealthLive
@@ -641,7 +642,7 @@ fn gunzip_to_scratch<'s>(
 /// Stores a buffered batch: gzip is inflated straight into the log; a visual batch is stored as
 /// its player part and its assets part.
 fn store_batch(ctx: &mut WorkerCtx<'_>, p: &Pending, body: &[u8]) -> Result<Answer, Reject> {
-    let limit = ctx.node.batch_limit;
+    let limit = ctx.node.batch_limit();
     let meta = batch_meta(p.route, p.data_type, p.token);
     if p.data_type == DataType::Visual {
         let body = if p.gzip {
@@ -688,13 +689,20 @@ fn json_body<'s>(
 }
 
 /// The project of a start or upload request, or the answer OpenReplay gives.
-fn project_by_key<'n>(node: &'n NodeState, key: Option<&str>) -> Result<&'n Arc<Project>, Reject> {
+/// The project of `key`: 404 only when the projects' source says it has no such active project;
+/// 503 (the tracker does not retry a start, but the next page load does) when the source could
+/// not be consulted.
+fn project_by_key(node: &NodeState, key: Option<&str>) -> Result<Arc<Project>, Reject> {
     match key {
         None | Some("") => Err(Reject(Status::Forbidden, "projectKey value required")),
-        Some(key) => node
-            .projects
-            .by_key(key)
-            .ok_or(Reject(Status::NotFound, "project doesn't exist")),
+        Some(key) => match node.projects.by_key(key) {
+            Lookup::Found(project) => Ok(project),
+            Lookup::Unknown => Err(Reject(Status::NotFound, "project doesn't exist")),
+            Lookup::Unavailable => Err(Reject(
+                Status::ServiceUnavailable,
+                "projects database unavailable",
+            )),
+        },
     }
 }
 

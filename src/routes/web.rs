@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::{json_body, now_ms, now_ns, project_by_key, Answer, Pending, Reject, WorkerCtx};
 use crate::codec::SessionStart;
+use crate::db::row::SessionRow;
 use crate::flake::start_timestamp_ms;
 use crate::geo::GeoInfo;
 use crate::http::{write_json, ResponseOptions, Status};
@@ -57,6 +58,10 @@ struct StartRequest {
     user_id: Option<String>,
     buffer_diff: Option<i64>,
     is_offline: bool,
+    do_not_record: bool,
+    timezone: Option<String>,
+    width: Option<i64>,
+    height: Option<i64>,
 }
 
 impl StartRequest {
@@ -74,6 +79,10 @@ impl StartRequest {
             user_id: v.string("userID"),
             buffer_diff: v.int("bufferDiff"),
             is_offline: v.boolean("isOffline"),
+            do_not_record: v.boolean("doNotRecord"),
+            timezone: v.string("timezone"),
+            width: v.int("width"),
+            height: v.int("height"),
         }
     }
 }
@@ -171,15 +180,29 @@ fn tracker_at_least(version: Option<&str>, min: (u64, u64, u64)) -> bool {
     v >= min
 }
 
+/// How a new session is recorded: its start message and its `sessions` row.
+pub(super) struct NewSession<E, R> {
+    /// `doNotRecord`: the session gets a token but no start message and no row (as OpenReplay).
+    pub record: bool,
+    pub kind: RecordKind,
+    /// Writes the start message.
+    pub encode: E,
+    /// The row, when the database writer is on (its ids are filled in here).
+    pub row: R,
+}
+
 /// Opens a new session of `project`: draws the sample, takes an id, signs its token, and stores
-/// its start message (which `encode` writes) before any batch of it can arrive.
+/// its row and its start message before any batch of it can arrive. The row goes first: a
+/// consumer that finds a start finds its row before it (the database writer orders the queue
+/// behind its commits); if the start then cannot be stored, the answer is 503 and the tracker
+/// sends nothing, leaving a row of a session without messages, as OpenReplay's own insert does
+/// when its queue fails.
 pub(super) fn open_session(
     ctx: &mut WorkerCtx<'_>,
     project: &Project,
     now: i64,
     delay: i64,
-    kind: RecordKind,
-    encode: impl FnOnce(&mut Vec<u8>),
+    new: NewSession<impl FnOnce(&mut Vec<u8>), impl FnOnce() -> SessionRow>,
 ) -> Result<SessionToken, Reject> {
     if !sampled_in(project) {
         return Err(Reject(Status::Forbidden, "cancel"));
@@ -190,14 +213,30 @@ pub(super) fn open_session(
         delay,
         expires_at_ms: start_timestamp_ms(session_id) as i64 + project.max_session_duration as i64,
     };
-    let mut message = Vec::with_capacity(512);
-    encode(&mut message);
-    let meta = RecordMeta {
-        session_id,
-        arrival_unix_ns: now_ns(),
-        kind,
-    };
-    ctx.log.append(meta, b"", &[&message])?;
+    if new.record {
+        let arrival_unix_ns = now_ns();
+        if ctx.node.config.postgres.is_some() {
+            let row = SessionRow {
+                session_id,
+                project_id: project.project_id,
+                ..(new.row)()
+            };
+            let meta = RecordMeta {
+                session_id,
+                arrival_unix_ns,
+                kind: RecordKind::SessionRow,
+            };
+            ctx.log.append(meta, b"", &[&row.encode()])?;
+        }
+        let mut message = Vec::with_capacity(512);
+        (new.encode)(&mut message);
+        let meta = RecordMeta {
+            session_id,
+            arrival_unix_ns,
+            kind: new.kind,
+        };
+        ctx.log.append(meta, b"", &[&message])?;
+    }
     ctx.node
         .sessions
         .insert(session_id, project.project_id, token.expires_at_ms);
@@ -226,7 +265,7 @@ pub(super) fn start(
     let Some(ua) = node.user_agents.parse(user_agent) else {
         return Err(Reject(Status::Forbidden, "browser not recognized"));
     };
-    let project = project_by_key(node, Some(key))?.clone();
+    let project = project_by_key(node, Some(key))?;
     if !project.platform.accepts_web() {
         return Err(Reject(Status::Forbidden, "project is not a web project"));
     }
@@ -238,34 +277,58 @@ pub(super) fn start(
         Some(token) => token,
         None => {
             let delay = req.timestamp.map_or(0, |ts| now - ts);
-            open_session(
-                ctx,
-                &project,
-                now,
-                delay,
-                RecordKind::SessionStart,
-                |message| {
-                    SessionStart {
-                        timestamp: session_timestamp(&req, now),
-                        project_id: project.project_id,
-                        tracker_version: req.tracker_version.as_deref().unwrap_or(""),
-                        rev_id: req.rev_id.as_deref().unwrap_or(""),
-                        user_uuid: &uuid,
-                        user_agent,
-                        user_os: &ua.os,
-                        user_os_version: &ua.os_version,
-                        user_browser: &ua.browser,
-                        user_browser_version: &ua.browser_version,
-                        user_device: &ua.device,
-                        user_device_type: &ua.device_type,
-                        user_device_memory_size: req.device_memory.unwrap_or(0),
-                        user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
-                        user_country: &geo.packed(),
-                        user_id: req.user_id.as_deref().unwrap_or(""),
-                    }
-                    .encode(message)
-                },
-            )?
+            let timestamp = session_timestamp(&req, now);
+            let encode = |message: &mut Vec<u8>| {
+                SessionStart {
+                    timestamp,
+                    project_id: project.project_id,
+                    tracker_version: req.tracker_version.as_deref().unwrap_or(""),
+                    rev_id: req.rev_id.as_deref().unwrap_or(""),
+                    user_uuid: &uuid,
+                    user_agent,
+                    user_os: &ua.os,
+                    user_os_version: &ua.os_version,
+                    user_browser: &ua.browser,
+                    user_browser_version: &ua.browser_version,
+                    user_device: &ua.device,
+                    user_device_type: &ua.device_type,
+                    user_device_memory_size: req.device_memory.unwrap_or(0),
+                    user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
+                    user_country: &geo.packed(),
+                    user_id: req.user_id.as_deref().unwrap_or(""),
+                }
+                .encode(message)
+            };
+            let row = || SessionRow {
+                start_ts: timestamp,
+                platform: "web".into(),
+                user_uuid: uuid.clone(),
+                user_os: ua.os.clone(),
+                user_os_version: ua.os_version.clone(),
+                user_browser: ua.browser.clone(),
+                user_browser_version: ua.browser_version.clone(),
+                user_device: ua.device.clone(),
+                user_device_type: ua.device_type.clone(),
+                user_device_memory_size: req.device_memory.unwrap_or(0),
+                user_device_heap_size: req.js_heap_size_limit.unwrap_or(0),
+                user_country: geo.country.clone(),
+                user_state: geo.state.clone(),
+                user_city: geo.city.clone(),
+                rev_id: req.rev_id.clone().unwrap_or_default(),
+                tracker_version: req.tracker_version.clone().unwrap_or_default(),
+                user_id: req.user_id.clone().unwrap_or_default(),
+                timezone: req.timezone.clone().unwrap_or_default(),
+                screen_width: req.width.unwrap_or(0),
+                screen_height: req.height.unwrap_or(0),
+                ..SessionRow::default()
+            };
+            let new = NewSession {
+                record: !req.do_not_record,
+                kind: RecordKind::SessionStart,
+                encode,
+                row,
+            };
+            open_session(ctx, &project, now, delay, new)?
         }
     };
 
@@ -346,9 +409,8 @@ pub(super) fn feature_flags(
         p.token
             .and_then(|t| ctx.node.sessions.project_of(t.session_id))
     });
-    let flags = project_id
-        .and_then(|id| ctx.node.projects.by_id(id))
-        .map_or(&[][..], |p| &p.feature_flags[..]);
+    let project = project_id.and_then(|id| ctx.node.projects.by_id(id));
+    let flags = project.as_ref().map_or(&[][..], |p| &p.feature_flags[..]);
     write_json_value(out, Status::Ok, p.opts, &json!({ "flags": flags }));
     Ok(Answer::Written)
 }
@@ -360,10 +422,10 @@ pub(super) fn tags(
     opts: ResponseOptions,
     out: &mut Vec<u8>,
 ) {
-    let tags = token
+    let project = token
         .and_then(|t| ctx.node.sessions.project_of(t.session_id))
-        .and_then(|id| ctx.node.projects.by_id(id))
-        .map_or(&[][..], |p| &p.tags[..]);
+        .and_then(|id| ctx.node.projects.by_id(id));
+    let tags = project.as_ref().map_or(&[][..], |p| &p.tags[..]);
     write_json_value(out, Status::Ok, opts, &json!({ "tags": tags }));
 }
 

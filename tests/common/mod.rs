@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod queues;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -37,7 +37,7 @@ impl Entry {
 }
 
 /// Fails the test, saying how to install it, when `tool` does not run (`tool version_arg`).
-fn require(tool: &str, version_arg: &str) {
+pub fn require(tool: &str, version_arg: &str) {
     let found = Command::new(tool)
         .arg(version_arg)
         .stdout(Stdio::null())
@@ -56,7 +56,7 @@ fn redis_binary() -> &'static str {
     "redis-server"
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

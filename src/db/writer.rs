@@ -1,0 +1,451 @@
+//! The database writer: a consumer of the log that inserts every new session's `sessions` row.
+//!
+//! In: records, read in log order through the log's consumer API; only
+//! [`RecordKind::SessionRow`] records matter here. Out: rows in OpenReplay's `sessions` table,
+//! and the writer's durable cursor, which the forwarders read behind. Thread: `db-writer`,
+//! started by [`DbWriter::start`].
+//!
+//! # At least once, and harmless when repeated
+//!
+//! A read of up to [`BATCH_RECORDS`] records becomes one `INSERT ... SELECT FROM unnest(...)`
+//! of all the rows in it (one statement, prepared once, whatever the count), with
+//! `ON CONFLICT (session_id) DO NOTHING`: a row inserted before a crash and inserted again after
+//! it changes nothing. The cursor moves past the batch only once the statement committed, and is
+//! saved at most every second and at shutdown, so after a crash the writer inserts again at most
+//! the rows of about the last second, each a no-op.
+//!
+//! While the database is unreachable (or failing for any reason that is not the rows' own) the
+//! writer keeps the batch, reconnects with backoff from 100 ms to 5 s and inserts it again; the
+//! rows wait in the log, which retention keeps for this consumer, and the forwarders wait behind
+//! it. A row the database refuses for its data (SQLSTATE classes 22 and 23: a project that no
+//! longer exists, a value outside a column's type) cannot succeed by waiting: the batch is then
+//! inserted row by row, and each refused row is written to `quarantine/` with the database's
+//! reason and counted, so one bad row never holds up the others.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::row::{Columns, SessionRow};
+use super::{connect, is_data_error, PostgresConfig, RETRY_MAX, RETRY_MIN};
+use crate::admin::Heartbeat;
+use crate::compact::quarantine::{self, Quarantined};
+use crate::config::redact_url as redacted;
+use crate::log::{Consumer, LogRecord, RecordKind, SegmentName};
+
+/// Records one read takes at most (rows are a few of them, or all at a burst of starts).
+pub const BATCH_RECORDS: usize = 4096;
+/// Body bytes one read takes about.
+pub const BATCH_BYTES: usize = 16 << 20;
+/// How long one read waits for new records before the loop turns.
+const READ_WAIT: Duration = Duration::from_millis(200);
+/// At shutdown, how long the writer keeps inserting what is left before it stops.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+const INSERT: &str = "\
+INSERT INTO sessions (session_id, project_id, start_ts, user_uuid, user_device, user_device_type, \
+ user_country, user_os, user_os_version, rev_id, tracker_version, platform, user_browser, \
+ user_browser_version, user_device_memory_size, user_device_heap_size, user_id, user_state, \
+ user_city, timezone, screen_width, screen_height) \
+SELECT s, p, t, u::uuid, d, dt::device_type, c::country, os, osv, rev, tv, pl::platform, b, bv, \
+ mem, heap, uid, st, ci, tz, sw, sh \
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+ $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+ $14::text[], $15::int[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], \
+ $21::int[], $22::int[]) \
+ AS r(s, p, t, u, d, dt, c, os, osv, rev, tv, pl, b, bv, mem, heap, uid, st, ci, tz, sw, sh) \
+ON CONFLICT (session_id) DO NOTHING";
+
+/// Counters of the database writer since this start.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Rows inserted.
+    pub inserted: AtomicU64,
+    /// Rows that were there already (written again after a crash).
+    pub existing: AtomicU64,
+    /// Insert statements that committed, and the most rows one of them held.
+    pub statements: AtomicU64,
+    pub max_rows_per_statement: AtomicU64,
+    /// Rows the database refused for their data (quarantined), and records that were not rows.
+    pub refused: AtomicU64,
+    pub invalid: AtomicU64,
+    /// Failed attempts (the database down or failing).
+    pub errors: AtomicU64,
+    pub down: AtomicBool,
+}
+
+pub struct DbWriter {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl DbWriter {
+    /// Starts the writer's thread. `consumer` must be registered before traffic flows.
+    pub fn start(
+        consumer: Consumer,
+        config: PostgresConfig,
+        data_dir: PathBuf,
+        beat: Arc<Heartbeat>,
+    ) -> io::Result<DbWriter> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WriterStats::default());
+        let mut state = Writer {
+            consumer,
+            config,
+            quarantine_dir: data_dir.join(crate::compact::compactor::QUARANTINE_DIR),
+            beat,
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+            client: None,
+            records: Vec::with_capacity(BATCH_RECORDS),
+        };
+        let thread = std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || state.run())?;
+        Ok(DbWriter {
+            thread: Some(thread),
+            stop,
+            stats,
+        })
+    }
+
+    /// Asks the writer to stop: it inserts what is in the log for up to [`DRAIN_TIME`] while
+    /// the database takes it, saves its cursor and exits. Returns once it has.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DbWriter {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+struct Writer {
+    consumer: Consumer,
+    config: PostgresConfig,
+    quarantine_dir: PathBuf,
+    beat: Arc<Heartbeat>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+    client: Option<(postgres::Client, postgres::Statement)>,
+    records: Vec<LogRecord>,
+}
+
+/// Why a turn ended early.
+enum Halt {
+    /// Asked to stop while the database was down: the batch stays for the next start.
+    Stopped,
+    /// Reading the log or writing a quarantine file failed: try the same batch later.
+    Local(String),
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            self.beat.beat();
+            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
+                drain_until = Some(Instant::now() + DRAIN_TIME);
+            }
+            if drain_until.is_some_and(|until| Instant::now() >= until) {
+                break;
+            }
+            let wait = if drain_until.is_some() {
+                Duration::ZERO
+            } else {
+                READ_WAIT
+            };
+            match self.turn(wait, drain_until) {
+                Ok(0) if drain_until.is_some() => break,
+                Ok(_) => {}
+                Err(Halt::Stopped) => break,
+                Err(Halt::Local(e)) => {
+                    log::error!("database writer: {e}");
+                    self.consumer.rewind();
+                    self.sleep_or_stop(RETRY_MAX, drain_until);
+                }
+            }
+            if let Err(e) = self.consumer.save_if_due() {
+                log::error!("database writer: saving its cursor: {e}");
+            }
+        }
+        if let Err(e) = self.consumer.save() {
+            log::error!("database writer: saving its cursor at shutdown: {e}");
+        }
+        let s = &self.stats;
+        log::info!(
+            "database writer: {} rows inserted ({} were there already) in {} statements, {} \
+             refused, {} failed attempts this run",
+            s.inserted.load(Ordering::Relaxed),
+            s.existing.load(Ordering::Relaxed),
+            s.statements.load(Ordering::Relaxed),
+            s.refused.load(Ordering::Relaxed),
+            s.errors.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Reads one batch of records and inserts its rows until the database took them; returns
+    /// how many records it read.
+    fn turn(&mut self, wait: Duration, drain_until: Option<Instant>) -> Result<usize, Halt> {
+        self.records.clear();
+        let cursor = self
+            .consumer
+            .read(&mut self.records, BATCH_RECORDS, BATCH_BYTES, wait)
+            .map_err(|e| Halt::Local(format!("reading the log: {e}")))?;
+        let mut rows = Vec::new();
+        let mut unwritable = Vec::new();
+        for (at, record) in self.records.iter().enumerate() {
+            if record.meta.kind != RecordKind::SessionRow {
+                continue;
+            }
+            match SessionRow::decode(&record.body) {
+                Ok(row) => match row.columns() {
+                    Ok(_) => rows.push((at, row)),
+                    Err(e) => unwritable.push((at, e.to_string())),
+                },
+                Err(e) => {
+                    // The compactor quarantines it with the same reason.
+                    self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "database writer: a record of session {} is not a row: {e}",
+                        record.meta.session_id
+                    );
+                }
+            }
+        }
+        self.quarantine(&unwritable).map_err(Halt::Local)?;
+        if !rows.is_empty() {
+            self.insert_until_done(&rows, drain_until)?;
+        }
+        let bytes: u64 = rows
+            .iter()
+            .map(|(at, _)| self.records[*at].body.len() as u64)
+            .sum();
+        self.consumer
+            .commit_delivered(&cursor, rows.len() as u64, bytes);
+        Ok(self.records.len())
+    }
+
+    /// Inserts `rows` (each with its record's index), retrying while the database is down.
+    fn insert_until_done(
+        &mut self,
+        rows: &[(usize, SessionRow)],
+        drain_until: Option<Instant>,
+    ) -> Result<(), Halt> {
+        let mut delay = RETRY_MIN;
+        loop {
+            match self.insert_batch(rows) {
+                Ok(()) => {
+                    if self.stats.down.swap(false, Ordering::Relaxed) {
+                        log::warn!("database writer: PostgreSQL is back");
+                    }
+                    return Ok(());
+                }
+                Err(Failure::Local(e)) => return Err(Halt::Local(e)),
+                Err(Failure::Database(e)) => {
+                    self.client = None;
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if !self.stats.down.swap(true, Ordering::Relaxed) {
+                        log::error!(
+                            "database writer: PostgreSQL at {}: {e}; the log keeps the rows \
+                             (and the forwarders wait behind them), retrying",
+                            redacted(&self.config.url)
+                        );
+                    } else {
+                        log::debug!("database writer: still failing: {e}");
+                    }
+                    let give_up = drain_until.is_some_and(|until| Instant::now() >= until)
+                        || (drain_until.is_none() && self.stop.load(Ordering::SeqCst));
+                    if give_up || self.sleep_or_stop(delay, drain_until) {
+                        self.consumer.rewind();
+                        return Err(Halt::Stopped);
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                    // What committed before the outage is saved, so that retention frees it.
+                    if let Err(e) = self.consumer.save_if_due() {
+                        log::error!("database writer: saving its cursor: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt: all rows in one statement; if the database refuses the data, row by row.
+    fn insert_batch(&mut self, rows: &[(usize, SessionRow)]) -> Result<(), Failure> {
+        // `turn` kept only rows whose columns convert.
+        let columns: Vec<(usize, Columns<'_>)> = rows
+            .iter()
+            .filter_map(|(at, row)| Some((*at, row.columns().ok()?)))
+            .collect();
+        let all: Vec<&Columns<'_>> = columns.iter().map(|(_, c)| c).collect();
+        match self.execute(&all) {
+            Ok(inserted) => {
+                self.count(all.len(), inserted);
+                Ok(())
+            }
+            Err(e) if is_data_error(&e) => {
+                let mut refused = Vec::new();
+                for (at, c) in &columns {
+                    match self.execute(&[c]) {
+                        Ok(inserted) => self.count(1, inserted),
+                        Err(e) if is_data_error(&e) => refused.push((*at, describe(&e))),
+                        Err(e) => return Err(Failure::Database(describe(&e))),
+                    }
+                }
+                self.quarantine(&refused).map_err(Failure::Local)
+            }
+            Err(e) => Err(Failure::Database(describe(&e))),
+        }
+    }
+
+    fn count(&self, rows: usize, inserted: u64) {
+        let s = &self.stats;
+        s.inserted.fetch_add(inserted, Ordering::Relaxed);
+        s.existing
+            .fetch_add(rows as u64 - inserted.min(rows as u64), Ordering::Relaxed);
+        s.statements.fetch_add(1, Ordering::Relaxed);
+        s.max_rows_per_statement
+            .fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Runs the insert of `rows` on the connection (made first if there is none); returns how
+    /// many were new.
+    fn execute(&mut self, rows: &[&Columns<'_>]) -> Result<u64, postgres::Error> {
+        if self.client.is_none() {
+            let mut client = connect(&self.config.url)?;
+            let statement = client.prepare(INSERT)?;
+            self.client = Some((client, statement));
+        }
+        let (client, statement) = self.client.as_mut().expect("connected above");
+        let session_id: Vec<i64> = rows.iter().map(|r| r.session_id).collect();
+        let project_id: Vec<i32> = rows.iter().map(|r| r.project_id).collect();
+        let start_ts: Vec<i64> = rows.iter().map(|r| r.start_ts).collect();
+        let user_uuid: Vec<&str> = rows.iter().map(|r| r.user_uuid).collect();
+        let user_device: Vec<&str> = rows.iter().map(|r| r.user_device).collect();
+        let device_type: Vec<&str> = rows.iter().map(|r| r.user_device_type).collect();
+        let country: Vec<&str> = rows.iter().map(|r| r.user_country).collect();
+        let user_os: Vec<&str> = rows.iter().map(|r| r.user_os).collect();
+        let os_version: Vec<Option<&str>> = rows.iter().map(|r| r.user_os_version).collect();
+        let rev_id: Vec<Option<&str>> = rows.iter().map(|r| r.rev_id).collect();
+        let tracker_version: Vec<&str> = rows.iter().map(|r| r.tracker_version).collect();
+        let platform: Vec<&str> = rows.iter().map(|r| r.platform).collect();
+        let browser: Vec<Option<&str>> = rows.iter().map(|r| r.user_browser).collect();
+        let browser_version: Vec<Option<&str>> =
+            rows.iter().map(|r| r.user_browser_version).collect();
+        let memory: Vec<Option<i32>> = rows.iter().map(|r| r.user_device_memory_size).collect();
+        let heap: Vec<Option<i64>> = rows.iter().map(|r| r.user_device_heap_size).collect();
+        let user_id: Vec<Option<&str>> = rows.iter().map(|r| r.user_id).collect();
+        let state: Vec<Option<&str>> = rows.iter().map(|r| r.user_state).collect();
+        let city: Vec<Option<&str>> = rows.iter().map(|r| r.user_city).collect();
+        let timezone: Vec<&str> = rows.iter().map(|r| r.timezone).collect();
+        let width: Vec<i32> = rows.iter().map(|r| r.screen_width).collect();
+        let height: Vec<i32> = rows.iter().map(|r| r.screen_height).collect();
+        client.execute(
+            &*statement,
+            &[
+                &session_id,
+                &project_id,
+                &start_ts,
+                &user_uuid,
+                &user_device,
+                &device_type,
+                &country,
+                &user_os,
+                &os_version,
+                &rev_id,
+                &tracker_version,
+                &platform,
+                &browser,
+                &browser_version,
+                &memory,
+                &heap,
+                &user_id,
+                &state,
+                &city,
+                &timezone,
+                &width,
+                &height,
+            ],
+        )
+    }
+
+    /// Writes refused rows (record index, reason) to `quarantine/q-<ms>-database.jsonl`,
+    /// durably, before the cursor moves past them.
+    fn quarantine(&self, refused: &[(usize, String)]) -> Result<(), String> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.stats
+            .refused
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        let entries: Vec<Quarantined<'_>> = refused
+            .iter()
+            .map(|(at, reason)| {
+                let record = &self.records[*at];
+                log::warn!(
+                    "database writer: quarantined the row of session {}: {reason}",
+                    record.meta.session_id
+                );
+                Quarantined {
+                    meta: record.meta,
+                    segment: SegmentName {
+                        worker: record.worker,
+                        seq: record.segment_seq,
+                    },
+                    offset: record.offset,
+                    name: &record.name,
+                    body: &record.body,
+                    reason: reason.clone(),
+                }
+            })
+            .collect();
+        quarantine::write(&self.quarantine_dir, "database", &entries)
+            .map_err(|e| format!("cannot write its quarantine file: {e}"))
+    }
+
+    /// Sleeps `delay` in short steps, beating; true when the drain time ran out meanwhile.
+    fn sleep_or_stop(&self, delay: Duration, drain_until: Option<Instant>) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            if drain_until.is_some_and(|d| now >= d) {
+                return true;
+            }
+            self.beat.beat();
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// What one attempt met.
+enum Failure {
+    /// The database: down, or failing the statement for a reason that is not the rows'.
+    Database(String),
+    /// Here: a quarantine file that cannot be written.
+    Local(String),
+}
+
+/// The database's own message when there is one (the `Display` of a database error is only
+/// "db error").
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
