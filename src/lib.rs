@@ -23,6 +23,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod background;
 pub mod codec;
 pub mod compact;
 pub mod config;

@@ -739,3 +739,86 @@ fn an_expiring_token_gets_401_and_the_tracker_starts_a_new_session_losing_nothin
         rejected.len()
     );
 }
+
+/// The tracker against a node whose projects come from PostgreSQL and whose database writer is
+/// on: every session it started has its `sessions` row, with what its start sent and got.
+#[test]
+fn with_the_database_writer_on_the_trackers_session_gets_its_row() {
+    let pg = common::postgres::PgServer::start();
+    let mut db = pg.client();
+    let project_id: i32 = db
+        .query_one(
+            "INSERT INTO projects (project_key, name, platform, active) \
+             VALUES ('e2e-pv2', 'e2e', 'web', true) RETURNING project_id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let node = Node::builder()
+        .no_projects()
+        .env("POSTGRES_STRING", &pg.url())
+        .start();
+    wait_for("the projects", Duration::from_secs(30), || {
+        let r = node.request(b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n");
+        r.status == 200
+    });
+    let run = run_browser(
+        &node,
+        &Scenario {
+            key: "e2e-pv2",
+            rounds: 2,
+            pause_ms: 300,
+            same_origin: false,
+        },
+    );
+    let starts: Vec<(Value, Value)> = starts(&run)
+        .into_iter()
+        .filter(|(_, status, _)| *status == Some(200))
+        .map(|(request, _, answer)| (request, answer))
+        .collect();
+    assert!(!starts.is_empty(), "the tracker started no session");
+    check_run(&node, &run, false);
+    for (request, answer) in &starts {
+        let session: u64 = answer["sessionID"].as_str().unwrap().parse().unwrap();
+        let mut row = None;
+        wait_for("the session's row", Duration::from_secs(20), || {
+            row = db
+                .query_opt(
+                    "SELECT project_id, user_uuid::text, platform::text, user_browser, \
+                     user_os, tracker_version, timezone, screen_width FROM sessions \
+                     WHERE session_id = $1",
+                    &[&(session as i64)],
+                )
+                .unwrap();
+            row.is_some()
+        });
+        let row = row.unwrap();
+        assert_eq!(row.get::<_, i32>(0), project_id);
+        assert_eq!(
+            row.get::<_, String>(1),
+            answer["userUUID"].as_str().unwrap()
+        );
+        assert_eq!(row.get::<_, String>(2), "web");
+        assert_eq!(
+            row.get::<_, Option<String>>(3).as_deref(),
+            answer["userBrowser"].as_str()
+        );
+        assert_eq!(row.get::<_, String>(4), answer["userOS"].as_str().unwrap());
+        assert_eq!(
+            row.get::<_, String>(5),
+            request["trackerVersion"].as_str().unwrap()
+        );
+        // The tracker sends its timezone and screen width; the row must never hold NULL there.
+        let timezone: Option<String> = row.get(6);
+        assert_eq!(
+            timezone.as_deref(),
+            request["timezone"].as_str().or(Some(""))
+        );
+        let width: Option<i32> = row.get(7);
+        assert_eq!(
+            width.map(i64::from),
+            Some(request["width"].as_i64().unwrap_or(0))
+        );
+    }
+    node.stop();
+}

@@ -298,7 +298,7 @@ fn token_of(start_answer: &[u8]) -> Option<String> {
     Some(v.get("token")?.as_str()?.to_owned())
 }
 
-fn now_unix_ms() -> u64 {
+pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

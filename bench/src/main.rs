@@ -74,6 +74,13 @@ enum Command {
         #[arg(long, default_value = "/v1/web/i")]
         path: String,
     },
+    /// Web starts only: the tracker's start request, again and again (every one a new session).
+    Starts {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, default_value = "bench")]
+        project_key: String,
+    },
     /// Opens N keep-alive connections (one request each), holds them, reports the server's RSS.
     Idle {
         #[arg(long)]
@@ -230,6 +237,21 @@ fn main() -> anyhow::Result<()> {
             let body = traffic::fixed_batch(size, load.seed)?;
             let workload = Workload::Fixed {
                 request: fixed_request(&path, &host, token.as_deref(), &body),
+                body_len: body.len(),
+            };
+            run_load(&load, addr, workload)
+        }
+        Command::Starts { load, project_key } => {
+            let (addr, host) = loopback_target(&load.url)?;
+            let body = traffic::start_body(&project_key, client::now_unix_ms());
+            let request = format!(
+                "POST /v1/web/start HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                traffic::BROWSER_USER_AGENT,
+                body.len()
+            );
+            let workload = Workload::Fixed {
+                request: request.into_bytes(),
                 body_len: body.len(),
             };
             run_load(&load, addr, workload)

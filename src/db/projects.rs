@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,6 +29,7 @@ use serde_json::{json, Value};
 
 use super::{connect, PostgresConfig, RETRY_MAX, RETRY_MIN};
 use crate::admin::Heartbeat;
+use crate::background::Background;
 use crate::config::redact_url as redacted;
 use crate::project::{Catalog, Platform, Project, Projects};
 
@@ -39,8 +39,7 @@ pub const CHANNEL: &str = "project";
 const TURN: Duration = Duration::from_millis(500);
 
 pub struct ProjectLoader {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    thread: Background,
 }
 
 impl ProjectLoader {
@@ -50,38 +49,21 @@ impl ProjectLoader {
         catalog: Arc<Catalog>,
         beat: Arc<Heartbeat>,
     ) -> io::Result<ProjectLoader> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut state = Loader {
-            config,
-            catalog,
-            beat,
-            stop: Arc::clone(&stop),
-            conditions_table: true,
-        };
-        let thread = std::thread::Builder::new()
-            .name("db-projects".into())
-            .spawn(move || state.run())?;
-        Ok(ProjectLoader {
-            thread: Some(thread),
-            stop,
-        })
+        let thread = Background::spawn("db-projects".into(), move |stop| {
+            Loader {
+                config,
+                catalog,
+                beat,
+                stop,
+                conditions_table: true,
+            }
+            .run()
+        })?;
+        Ok(ProjectLoader { thread })
     }
 
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for ProjectLoader {
-    fn drop(&mut self) {
-        self.halt();
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 

@@ -26,12 +26,12 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::row::{Columns, SessionRow};
 use super::{connect, is_data_error, PostgresConfig, RETRY_MAX, RETRY_MIN};
 use crate::admin::Heartbeat;
+use crate::background::{Background, Drain};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::config::redact_url as redacted;
 use crate::log::{Consumer, LogRecord, RecordKind, SegmentName};
@@ -78,8 +78,7 @@ pub struct WriterStats {
 }
 
 pub struct DbWriter {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    thread: Background,
     pub stats: Arc<WriterStats>,
 }
 
@@ -91,45 +90,28 @@ impl DbWriter {
         data_dir: PathBuf,
         beat: Arc<Heartbeat>,
     ) -> io::Result<DbWriter> {
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
-        let mut state = Writer {
-            consumer,
-            config,
-            quarantine_dir: data_dir.join(crate::compact::compactor::QUARANTINE_DIR),
-            beat,
-            stop: Arc::clone(&stop),
-            stats: Arc::clone(&stats),
-            client: None,
-            records: Vec::with_capacity(BATCH_RECORDS),
-        };
-        let thread = std::thread::Builder::new()
-            .name("db-writer".into())
-            .spawn(move || state.run())?;
-        Ok(DbWriter {
-            thread: Some(thread),
-            stop,
-            stats,
-        })
+        let shared = Arc::clone(&stats);
+        let thread = Background::spawn("db-writer".into(), move |stop| {
+            Writer {
+                consumer,
+                config,
+                quarantine_dir: data_dir.join(crate::compact::compactor::QUARANTINE_DIR),
+                beat,
+                drain: Drain::new(stop, DRAIN_TIME),
+                stats: shared,
+                client: None,
+                records: Vec::with_capacity(BATCH_RECORDS),
+            }
+            .run()
+        })?;
+        Ok(DbWriter { thread, stats })
     }
 
     /// Asks the writer to stop: it inserts what is in the log for up to [`DRAIN_TIME`] while
     /// the database takes it, saves its cursor and exits. Returns once it has.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for DbWriter {
-    fn drop(&mut self) {
-        self.halt();
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
@@ -138,7 +120,7 @@ struct Writer {
     config: PostgresConfig,
     quarantine_dir: PathBuf,
     beat: Arc<Heartbeat>,
-    stop: Arc<AtomicBool>,
+    drain: Drain,
     stats: Arc<WriterStats>,
     client: Option<(postgres::Client, postgres::Statement)>,
     records: Vec<LogRecord>,
@@ -154,28 +136,19 @@ enum Halt {
 
 impl Writer {
     fn run(&mut self) {
-        let mut drain_until: Option<Instant> = None;
         loop {
             self.beat.beat();
-            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
-                drain_until = Some(Instant::now() + DRAIN_TIME);
-            }
-            if drain_until.is_some_and(|until| Instant::now() >= until) {
+            if !self.drain.turn() {
                 break;
             }
-            let wait = if drain_until.is_some() {
-                Duration::ZERO
-            } else {
-                READ_WAIT
-            };
-            match self.turn(wait, drain_until) {
-                Ok(0) if drain_until.is_some() => break,
+            match self.turn(self.drain.read_wait(READ_WAIT)) {
+                Ok(0) if self.drain.draining() => break,
                 Ok(_) => {}
                 Err(Halt::Stopped) => break,
                 Err(Halt::Local(e)) => {
                     log::error!("database writer: {e}");
                     self.consumer.rewind();
-                    self.sleep_or_stop(RETRY_MAX, drain_until);
+                    self.drain.sleep(RETRY_MAX, &self.beat);
                 }
             }
             if let Err(e) = self.consumer.save_if_due() {
@@ -187,11 +160,12 @@ impl Writer {
         }
         let s = &self.stats;
         log::info!(
-            "database writer: {} rows inserted ({} were there already) in {} statements, {} \
-             refused, {} failed attempts this run",
+            "database writer: {} rows inserted ({} were there already) in {} statements (at \
+             most {} rows in one), {} refused, {} failed attempts this run",
             s.inserted.load(Ordering::Relaxed),
             s.existing.load(Ordering::Relaxed),
             s.statements.load(Ordering::Relaxed),
+            s.max_rows_per_statement.load(Ordering::Relaxed),
             s.refused.load(Ordering::Relaxed),
             s.errors.load(Ordering::Relaxed),
         );
@@ -199,7 +173,7 @@ impl Writer {
 
     /// Reads one batch of records and inserts its rows until the database took them; returns
     /// how many records it read.
-    fn turn(&mut self, wait: Duration, drain_until: Option<Instant>) -> Result<usize, Halt> {
+    fn turn(&mut self, wait: Duration) -> Result<usize, Halt> {
         self.records.clear();
         let cursor = self
             .consumer
@@ -228,7 +202,7 @@ impl Writer {
         }
         self.quarantine(&unwritable).map_err(Halt::Local)?;
         if !rows.is_empty() {
-            self.insert_until_done(&rows, drain_until)?;
+            self.insert_until_done(&rows)?;
         }
         let bytes: u64 = rows
             .iter()
@@ -240,11 +214,7 @@ impl Writer {
     }
 
     /// Inserts `rows` (each with its record's index), retrying while the database is down.
-    fn insert_until_done(
-        &mut self,
-        rows: &[(usize, SessionRow)],
-        drain_until: Option<Instant>,
-    ) -> Result<(), Halt> {
+    fn insert_until_done(&mut self, rows: &[(usize, SessionRow)]) -> Result<(), Halt> {
         let mut delay = RETRY_MIN;
         loop {
             match self.insert_batch(rows) {
@@ -267,9 +237,7 @@ impl Writer {
                     } else {
                         log::debug!("database writer: still failing: {e}");
                     }
-                    let give_up = drain_until.is_some_and(|until| Instant::now() >= until)
-                        || (drain_until.is_none() && self.stop.load(Ordering::SeqCst));
-                    if give_up || self.sleep_or_stop(delay, drain_until) {
+                    if self.drain.give_up() || self.drain.sleep(delay, &self.beat) {
                         self.consumer.rewind();
                         return Err(Halt::Stopped);
                     }
@@ -414,22 +382,6 @@ impl Writer {
             .collect();
         quarantine::write(&self.quarantine_dir, "database", &entries)
             .map_err(|e| format!("cannot write its quarantine file: {e}"))
-    }
-
-    /// Sleeps `delay` in short steps, beating; true when the drain time ran out meanwhile.
-    fn sleep_or_stop(&self, delay: Duration, drain_until: Option<Instant>) -> bool {
-        let until = Instant::now() + delay;
-        loop {
-            let now = Instant::now();
-            if now >= until {
-                return false;
-            }
-            if drain_until.is_some_and(|d| now >= d) {
-                return true;
-            }
-            self.beat.beat();
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
     }
 }
 

@@ -40,10 +40,10 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::admin::Heartbeat;
+use crate::background::{Background, Drain};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::log::{Consumer, LogError, LogRecord};
 pub use message::{Message, MessageError, Messages, Topics};
@@ -100,8 +100,7 @@ pub struct ForwardStats {
 }
 
 pub struct Forwarder {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    thread: Background,
     pub stats: Arc<ForwardStats>,
 }
 
@@ -115,45 +114,30 @@ impl Forwarder {
         data_dir: PathBuf,
         beat: Arc<Heartbeat>,
     ) -> io::Result<Forwarder> {
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ForwardStats::default());
-        let mut state = Loop {
-            consumer,
-            producer,
-            topics,
-            quarantine_dir: data_dir.join(QUARANTINE_DIR),
-            beat,
-            stop: Arc::clone(&stop),
-            stats: Arc::clone(&stats),
-            records: Vec::with_capacity(BATCH_RECORDS),
-            messages: Messages::default(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("forward-{}", state.producer.name()))
-            .spawn(move || state.run())?;
-        Ok(Forwarder {
-            thread: Some(thread),
-            stop,
-            stats,
-        })
+        let name = format!("forward-{}", producer.name());
+        let shared = Arc::clone(&stats);
+        let thread = Background::spawn(name, move |stop| {
+            Loop {
+                consumer,
+                producer,
+                topics,
+                quarantine_dir: data_dir.join(QUARANTINE_DIR),
+                beat,
+                drain: Drain::new(stop, DRAIN_TIME),
+                stats: shared,
+                records: Vec::with_capacity(BATCH_RECORDS),
+                messages: Messages::default(),
+            }
+            .run()
+        })?;
+        Ok(Forwarder { thread, stats })
     }
 
     /// Asks the forwarder to stop: it drains what is in the log for up to [`DRAIN_TIME`] while
     /// the queue takes it, saves its cursor and exits. Returns once it has.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
@@ -163,7 +147,7 @@ struct Loop {
     topics: Topics,
     quarantine_dir: PathBuf,
     beat: Arc<Heartbeat>,
-    stop: Arc<AtomicBool>,
+    drain: Drain,
     stats: Arc<ForwardStats>,
     records: Vec<LogRecord>,
     messages: Messages,
@@ -172,29 +156,19 @@ struct Loop {
 impl Loop {
     fn run(&mut self) {
         let name = self.producer.name();
-        let mut drain_until: Option<Instant> = None;
         loop {
             self.beat.beat();
-            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
-                drain_until = Some(Instant::now() + DRAIN_TIME);
-            }
-            if drain_until.is_some_and(|until| Instant::now() >= until) {
-                // What is left goes at the next start.
+            if !self.drain.turn() {
                 break;
             }
-            let wait = if drain_until.is_some() {
-                Duration::ZERO
-            } else {
-                READ_WAIT
-            };
-            match self.turn(wait, drain_until) {
-                Ok(0) if drain_until.is_some() => break,
+            match self.turn(self.drain.read_wait(READ_WAIT)) {
+                Ok(0) if self.drain.draining() => break,
                 Ok(_) => {}
                 Err(TurnError::Stopped) => break,
                 Err(TurnError::Log(e)) => {
                     log::error!("forwarder {name}: reading the log: {e}");
                     self.consumer.rewind();
-                    std::thread::sleep(RETRY_MAX);
+                    self.drain.sleep(RETRY_MAX, &self.beat);
                 }
             }
             if let Err(e) = self.consumer.save_if_due() {
@@ -218,7 +192,7 @@ impl Loop {
     }
 
     /// Reads one batch and sends it until the queue took it; returns how many records it read.
-    fn turn(&mut self, wait: Duration, drain_until: Option<Instant>) -> Result<usize, TurnError> {
+    fn turn(&mut self, wait: Duration) -> Result<usize, TurnError> {
         self.records.clear();
         let cursor = self
             .consumer
@@ -249,7 +223,7 @@ impl Loop {
             if let Err(e) = self.quarantine(&refused) {
                 log::error!("forwarder: cannot write its quarantine file: {e}");
                 self.consumer.rewind();
-                std::thread::sleep(RETRY_MAX);
+                self.drain.sleep(RETRY_MAX, &self.beat);
                 return Ok(self.records.len());
             }
         }
@@ -274,14 +248,11 @@ impl Loop {
                     }
                     // Stopping while the queue is down: what was not sent stays unacknowledged
                     // (the cursor does not move) and goes at the next start.
-                    let give_up = drain_until.is_some_and(|until| Instant::now() >= until)
-                        || (drain_until.is_none() && self.stop.load(Ordering::SeqCst));
-                    if give_up || self.sleep_or_stop(delay, drain_until) {
+                    if self.drain.give_up() || self.drain.sleep(delay, &self.beat) {
                         self.consumer.rewind();
                         return Err(TurnError::Stopped);
                     }
                     delay = (delay * 2).min(RETRY_MAX);
-                    self.beat.beat();
                     // What was acknowledged before the outage is saved, so that retention
                     // frees it and `ls` shows the backlog from there.
                     if let Err(e) = self.consumer.save_if_due() {
@@ -301,27 +272,6 @@ impl Loop {
         self.consumer
             .commit_delivered(&cursor, self.records.len() as u64, bytes);
         Ok(self.records.len())
-    }
-
-    /// Sleeps `delay` in short steps; true when a stop came meanwhile (or the drain time ran
-    /// out).
-    fn sleep_or_stop(&self, delay: Duration, drain_until: Option<Instant>) -> bool {
-        let until = Instant::now() + delay;
-        loop {
-            let now = Instant::now();
-            if now >= until {
-                return false;
-            }
-            if drain_until.is_some_and(|d| now >= d) {
-                return true;
-            }
-            if drain_until.is_none() && self.stop.load(Ordering::SeqCst) {
-                // Stopping: the drain's own deadline takes over at the next attempt.
-                return false;
-            }
-            self.beat.beat();
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
     }
 
     /// Writes the refused records to `quarantine/q-<ms>-<queue>.jsonl` (`compact::quarantine`,

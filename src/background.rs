@@ -1,0 +1,126 @@
+//! What the log's consumer threads (the forwarders, the database writer) and the projects loader
+//! share about their lives: a thread that can be asked to stop and joined ([`Background`]), and
+//! the drain at shutdown ([`Drain`]): once asked to stop, a consumer keeps handing on what is in
+//! the log while its downstream takes it, for a bounded time, then saves its cursor and exits.
+//!
+//! In: a stop request from main's shutdown. Out: when to read without waiting, when to give up
+//! retrying, when to exit. Runs on the thread it belongs to (the handle on main's).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::admin::Heartbeat;
+
+/// A named thread with a stop flag; dropping the handle stops and joins it.
+pub struct Background {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Background {
+    /// Starts `run` on thread `name`; it gets the flag that says it should stop.
+    pub fn spawn(
+        name: String,
+        run: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> io::Result<Background> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(flag))?;
+        Ok(Background {
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    /// Asks the thread to stop and returns once it has.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A consumer loop's view of shutdown: running, then draining for `time`, then done.
+pub struct Drain {
+    stop: Arc<AtomicBool>,
+    time: Duration,
+    until: Option<Instant>,
+}
+
+impl Drain {
+    pub fn new(stop: Arc<AtomicBool>, time: Duration) -> Drain {
+        Drain {
+            stop,
+            time,
+            until: None,
+        }
+    }
+
+    /// Once per loop turn: starts the drain clock when a stop came; false once it ran out (the
+    /// rest goes at the next start).
+    pub fn turn(&mut self) -> bool {
+        if self.until.is_none() && self.stop.load(Ordering::SeqCst) {
+            self.until = Some(Instant::now() + self.time);
+        }
+        !self.expired()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// How long a read may wait for new records: `normal`, or not at all while draining.
+    pub fn read_wait(&self, normal: Duration) -> Duration {
+        if self.draining() {
+            Duration::ZERO
+        } else {
+            normal
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.until.is_some_and(|until| Instant::now() >= until)
+    }
+
+    /// While downstream is failing: stop retrying now (the drain ran out, or a stop came
+    /// before the drain began); what was not handed on stays in the log for the next start.
+    pub fn give_up(&self) -> bool {
+        self.expired() || (!self.draining() && self.stop.load(Ordering::SeqCst))
+    }
+
+    /// Sleeps `delay` in short steps, beating; true when the drain ran out meanwhile. A stop
+    /// that comes meanwhile ends the sleep: the drain's own deadline takes over.
+    pub fn sleep(&self, delay: Duration, beat: &Heartbeat) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            if self.expired() {
+                return true;
+            }
+            if !self.draining() && self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            beat.beat();
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+    }
+}
