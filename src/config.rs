@@ -729,6 +729,34 @@ mod tests {
     }
 
     #[test]
+    fn postgres_settings_and_their_conflict_with_a_projects_file() {
+        let args = ServeArgs {
+            postgres: Some(" postgres://u@db/openreplay ".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::merge(&args, FileConfig::default()).unwrap();
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.url, "postgres://u@db/openreplay");
+        assert_eq!(
+            pg.projects_refresh,
+            PostgresConfig::DEFAULT_PROJECTS_REFRESH
+        );
+        let empty = ServeArgs {
+            postgres: Some(String::new()),
+            ..ServeArgs::default()
+        };
+        assert!(Config::merge(&empty, FileConfig::default())
+            .unwrap()
+            .postgres
+            .is_none());
+        let both = ServeArgs {
+            projects: Some("projects.json".into()),
+            ..args
+        };
+        assert!(Config::merge(&both, FileConfig::default()).is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("wokers = 3").is_err());
     }

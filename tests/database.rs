@@ -584,3 +584,70 @@ fn no_stream_entry_of_a_session_before_its_row() {
     }
     node.stop();
 }
+
+#[test]
+fn a_node_started_while_the_database_is_down_serves_once_it_is_up() {
+    let pg = PgServer::start();
+    add_project(&mut pg.client(), WEB_KEY, "web", 100, true, 0);
+    pg.stop();
+    let node = node_on(&pg).start();
+    // It listens and answers, but cannot start sessions of projects it has never read.
+    let ready = node.request(b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(ready.status, 503);
+    let reasons = ready.json()["reasons"].to_string();
+    assert!(reasons.contains("projects not read yet"), "{reasons}");
+    assert_eq!(ready.json()["projects"]["loaded"], json!(false));
+    let r = web_start(&node, WEB_KEY);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("Retry-After").is_some());
+    // A batch of a valid token needs no project: it is stored.
+    let token = common::mint_token(7, 0, now_ms() + 60_000);
+    let batch = common::walkable_batch(0, 0, b"");
+    let stored = node.request(&common::batch_request(&token, "player", "", &batch));
+    assert_eq!(stored.status, 200, "{}", stored.text());
+
+    pg.restart();
+    wait_until_ready(&node);
+    let started = web_start(&node, WEB_KEY);
+    assert_eq!(started.status, 200, "{}", started.text());
+    let session = Node::session_id(&started.json());
+    let mut db = pg.client();
+    wait_for("the row", Duration::from_secs(20), || {
+        session_ids(&mut db).contains(&session)
+    });
+    let log = node.stderr();
+    assert!(log.contains("unreachable"), "{log}");
+    node.stop();
+}
+
+/// `sslmode=require` (libpq's: encrypted, the certificate not checked, as a self-signed one
+/// is here): both the loader and the writer connect over TLS.
+#[test]
+fn sslmode_require_connects_over_tls() {
+    let pg = PgServer::start_tls();
+    let mut db = pg.client();
+    add_project(&mut db, WEB_KEY, "web", 100, true, 0);
+    let node = Node::builder()
+        .no_projects()
+        .env("POSTGRES_STRING", &pg.url_with("require"))
+        .start();
+    wait_until_ready(&node);
+    let started = web_start(&node, WEB_KEY);
+    assert_eq!(started.status, 200, "{}", started.text());
+    let session = Node::session_id(&started.json());
+    wait_for("the row", Duration::from_secs(20), || {
+        session_ids(&mut db).contains(&session)
+    });
+    let connections: Vec<bool> = db
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'replay-ingest'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(connections, [true, true], "the loader's and the writer's");
+    node.stop();
+}

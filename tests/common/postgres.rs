@@ -15,6 +15,8 @@ const NOBODY: u32 = 65534;
 
 pub struct PgServer {
     pub port: u16,
+    /// Offers TLS (a self-signed certificate, made by `openssl`) besides plain connections.
+    tls: bool,
     bin: PathBuf,
     data: PathBuf,
     dir: PathBuf,
@@ -72,6 +74,15 @@ fn effective_uid() -> u32 {
 impl PgServer {
     /// A fresh cluster, started, with the schema created in database `postgres`.
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// As [`PgServer::start`], and the server also speaks TLS.
+    pub fn start_tls() -> PgServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PgServer {
         let bin = bin_dir();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
@@ -99,8 +110,35 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(dir.join("server.key"))
+                .arg("-out")
+                .arg(dir.join("server.crt"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl (apt-get install openssl) makes the test certificate");
+            assert!(made.success(), "openssl req failed");
+            for file in ["server.key", "server.crt"] {
+                let path = dir.join(file);
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                if is_root() {
+                    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+                }
+            }
+        }
         let mut server = PgServer {
             port: 0,
+            tls,
             bin,
             data,
             dir,
@@ -124,12 +162,18 @@ impl PgServer {
     }
 
     fn try_start(&self) -> bool {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
              -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                self.dir.display()
+            ));
+        }
         pg_command(&self.bin, "pg_ctl", &self.dir)
             .arg("-D")
             .arg(&self.data)
@@ -176,10 +220,15 @@ impl PgServer {
         let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
     }
 
-    /// The URL a node is given.
+    /// The URL a node is given (plain).
     pub fn url(&self) -> String {
+        self.url_with("disable")
+    }
+
+    /// The URL with libpq's `sslmode` set to `mode`.
+    pub fn url_with(&self, mode: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}",
             self.port
         )
     }
