@@ -4,8 +4,9 @@
 #
 # - apt packages, only when one is missing (apt-get update runs once, first): Chromium for the
 #   end-to-end suite (tests/e2e_browser.rs; or point CHROMIUM at another build), Node.js and npm
-#   when there is no npm, and redis-server, postgresql and haproxy for tests that start real
-#   servers. As root it installs them; otherwise it stops and prints the apt-get line to run.
+#   when there is no npm, redis-server, postgresql and haproxy for tests that start real
+#   servers, and systemd for the unit and socket-activation tests. As root it installs them;
+#   otherwise it stops and prints the apt-get line to run.
 # - the npm packages pinned in e2e/package-lock.json (the real tracker and playwright-core), when
 #   e2e/node_modules is missing or older than the lock file, so that reruns stay quick.
 set -euo pipefail
@@ -25,6 +26,8 @@ have redis-server || wanted+=(redis-server)
 # Debian keeps the server binaries out of PATH, in /usr/lib/postgresql/<version>/bin.
 have postgres || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || wanted+=(postgresql)
 have haproxy || wanted+=(haproxy)
+# systemd-analyze verify and systemd-socket-activate, for tests/systemd.rs.
+have systemd-analyze && have systemd-socket-activate || wanted+=(systemd)
 
 if [ "${#wanted[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

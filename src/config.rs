@@ -61,6 +61,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `/health/ready` fails once a consumer has a sealed segment unread for longer.
     pub ready_max_lag: Duration,
+    /// Test-only: worker 0 stops making progress this long after it starts (the watchdog test).
+    pub test_wedge_worker_after: Option<Duration>,
 }
 
 /// The flags of `replay-ingest serve`. Every field is optional so that "not given" falls through
@@ -199,6 +201,10 @@ pub struct ServeArgs {
     /// segment unread for longer than this (default 60s).
     #[arg(long, value_parser = parse_duration)]
     pub ready_max_lag: Option<Duration>,
+    /// Test-only: worker 0 wedges (stops turning) this long after it starts, so that a test
+    /// sees the systemd watchdog pings stop. Never set it in a deployment.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub test_wedge_worker_after: Option<Duration>,
 }
 
 /// The config file: the same names as the flags.
@@ -503,6 +509,7 @@ impl Config {
                 .ready_max_lag
                 .or(f.ready_max_lag)
                 .unwrap_or(crate::admin::health::DEFAULT_READY_MAX_LAG),
+            test_wedge_worker_after: a.test_wedge_worker_after,
         };
         if let Some(kafka) = &config.kafka {
             if !cfg!(feature = "kafka") {

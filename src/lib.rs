@@ -35,6 +35,7 @@ pub mod geo;
 pub mod http;
 pub mod log;
 pub mod net;
+pub mod ops;
 pub mod project;
 pub mod routes;
 pub mod token;

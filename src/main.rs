@@ -37,6 +37,10 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(Box<ServeArgs>),
+    /// Check the settings `serve` would run with (flags, environment, config file), the projects
+    /// file, the GeoIP database and the data directory, without starting: exit code 0 and a
+    /// summary, or 1 and what is wrong (systemd's ExecStartPre).
+    CheckConfig(Box<ServeArgs>),
     /// Write the bytes OpenReplay's consumers would have read for one session on one topic.
     Cat {
         #[arg(long, default_value = "data")]
@@ -102,6 +106,7 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Cat {
             data_dir,
             session,
@@ -116,6 +121,49 @@ fn main() -> Result<()> {
             projects,
         } => export(&data_dir, session, &out, projects.as_deref()),
     }
+}
+
+fn check_config(args: &ServeArgs) -> Result<()> {
+    let config = Config::load(args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let probe = config.data_dir.join(".check-config");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "data directory {} is not writable",
+                config.data_dir.display()
+            )
+        })?;
+    let projects = match (&config.projects_file, &config.postgres) {
+        (Some(path), _) => format!(
+            "{} projects from {}",
+            Projects::load(path)?.len(),
+            path.display()
+        ),
+        (None, Some(pg)) => {
+            pg.url
+                .parse::<postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("POSTGRES_STRING: {e}"))?;
+            format!(
+                "projects from PostgreSQL at {}",
+                config::redact_url(&pg.url)
+            )
+        }
+        (None, None) => "the demo project".to_string(),
+    };
+    if let Some(path) = &config.geoip_db {
+        GeoDb::open(path).with_context(|| format!("GeoIP database {}", path.display()))?;
+    }
+    producers(&config)?;
+    println!(
+        "configuration OK: listen {}, data {}, {projects}, {} workers",
+        config.listen,
+        config.data_dir.display(),
+        config.workers
+    );
+    Ok(())
 }
 
 fn serve(args: &ServeArgs) -> Result<()> {
@@ -149,9 +197,13 @@ fn serve(args: &ServeArgs) -> Result<()> {
         None => None,
     };
 
+    // Socket activation: the listener systemd holds across restarts (taken first, before any
+    // thread could inherit it).
+    let inherited = replay_ingest::ops::inherited_listener().context("LISTEN_FDS")?;
     let workers = config.workers;
     // Starting the service recovers what an earlier run left: torn tails cut, damaged records
     // counted, open segments sealed.
+    replay_ingest::ops::status("recovering segments");
     let segments = SegmentService::start(config.log_config(), workers as u16)?;
     let summary = segments.recovery();
     log::info!(
@@ -202,13 +254,22 @@ fn serve(args: &ServeArgs) -> Result<()> {
         signal_hook::consts::SIGINT,
     ])?;
 
-    let server = Server::start(node, segments.clone())?;
+    if inherited.is_some() {
+        log::info!("socket activation: serving on the listener systemd passed");
+    }
+    let server = Server::start(Arc::clone(&node), segments.clone(), inherited)?;
     println!("listening on http://{}", server.local_addr());
     std::io::stdout().flush()?;
+    replay_ingest::ops::ready(&format!("serving on {}", server.local_addr()));
+    let watchdog = replay_ingest::ops::Watchdog::start(Arc::clone(&node))?;
 
     if let Some(signal) = signals.forever().next() {
         stop.store(true, Ordering::SeqCst);
         log::info!("signal {signal}: finishing in-flight requests");
+    }
+    replay_ingest::ops::stopping();
+    if let Some(watchdog) = &watchdog {
+        watchdog.draining();
     }
     server.stop();
     match Arc::try_unwrap(segments) {
@@ -229,6 +290,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let (events, compactor) = compactor_events;
     let _ = events.send(SegmentEvent::Shutdown);
     compactor.join();
+    drop(watchdog);
     log::info!("stopped");
     Ok(())
 }

@@ -89,7 +89,7 @@ fn warm_batch_path_does_not_allocate() {
         None,
         health,
     );
-    let server = Server::start(node, Arc::new(segments)).unwrap();
+    let server = Server::start(node, Arc::new(segments), None).unwrap();
 
     let token = TokenSigner::new(SECRET.as_bytes()).compose(&SessionToken {
         session_id: 42,

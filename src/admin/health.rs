@@ -87,12 +87,16 @@ impl Health {
 
     /// Loops that have not beaten within [`LIVE_WITHIN`].
     fn silent_loops(&self) -> Vec<String> {
+        self.silent_within(LIVE_WITHIN)
+    }
+
+    /// Loops that have not beaten within `bound` (the watchdog's test of progress).
+    pub fn silent_within(&self, bound: Duration) -> Vec<String> {
         let now = self.started.elapsed().as_millis() as u64;
         self.heartbeats
             .iter()
             .filter(|b| {
-                now.saturating_sub(b.last_ms.load(Ordering::Relaxed))
-                    > LIVE_WITHIN.as_millis() as u64
+                now.saturating_sub(b.last_ms.load(Ordering::Relaxed)) > bound.as_millis() as u64
             })
             .map(|b| b.name.clone())
             .collect()

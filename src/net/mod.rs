@@ -1,7 +1,10 @@
 //! The network side: one mio event loop per worker thread.
 //!
 //! Every worker binds its own listening socket on the same address with `SO_REUSEPORT`, so the
-//! kernel spreads connections over the workers and no socket is handed between threads. A worker
+//! kernel spreads connections over the workers and no socket is handed between threads. Under
+//! socket activation (systemd passes one listener, held across restarts so that no connection
+//! is refused meanwhile) every worker polls a duplicate of that one socket instead, and whichever
+//! wakes first accepts. A worker
 //! owns its connections (a `Slab`), its segment writer, and its buffers; nothing on the request
 //! path is shared between workers except the read-only [`NodeState`] and, at session start, the
 //! session table. The main thread starts the workers, waits for the signal to stop, and then
@@ -34,18 +37,34 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every worker's listener and starts the workers; returns once all of them are
-    /// accepting and have their segment writer open.
-    pub fn start(node: Arc<NodeState>, segments: Arc<SegmentService>) -> io::Result<Server> {
+    /// Binds every worker's listener (or shares `inherited`, the socket systemd passed) and
+    /// starts the workers; returns once all of them are accepting and have their segment writer
+    /// open.
+    pub fn start(
+        node: Arc<NodeState>,
+        segments: Arc<SegmentService>,
+        inherited: Option<std::net::TcpListener>,
+    ) -> io::Result<Server> {
         let workers = node.config.workers;
-        let first = bind_reuseport(node.config.listen)?;
-        let addr = first.local_addr()?.as_socket().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "listener has no IP address")
-        })?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(bind_reuseport(addr)?);
+        let mut listeners = Vec::with_capacity(workers);
+        match inherited {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                for _ in 1..workers {
+                    listeners.push(Socket::from(listener.try_clone()?));
+                }
+                listeners.push(Socket::from(listener));
+            }
+            None => {
+                let first = bind_reuseport(node.config.listen)?;
+                let addr = local_addr(&first)?;
+                listeners.push(first);
+                for _ in 1..workers {
+                    listeners.push(bind_reuseport(addr)?);
+                }
+            }
         }
+        let addr = local_addr(&listeners[0])?;
 
         let stopping = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
@@ -132,6 +151,13 @@ impl Server {
             let _ = thread.join();
         }
     }
+}
+
+fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "listener has no IP address"))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<Socket> {

@@ -46,6 +46,8 @@ pub struct Worker {
     evicted_at_cap: u64,
     /// Liveness: beaten once per loop turn (none in harnesses without health).
     heartbeat: Option<Arc<Heartbeat>>,
+    /// Test-only (`--test-wedge-worker-after`): worker 0 stops making progress then.
+    wedge_at: Option<Instant>,
     /// "fsync" durability: connections whose answers wait for this turn's flush.
     awaiting_sync: Vec<usize>,
     /// The same list being served (kept to reuse its allocation).
@@ -85,6 +87,11 @@ impl Worker {
             refused_at_cap: 0,
             evicted_at_cap: 0,
             heartbeat: node.health.heartbeat_of(&format!("worker-{id}")),
+            wedge_at: node
+                .config
+                .test_wedge_worker_after
+                .filter(|_| id == 0)
+                .map(|after| Instant::now() + after),
             awaiting_sync: Vec::with_capacity(64),
             synced: Vec::with_capacity(64),
             node,
@@ -128,6 +135,9 @@ impl Worker {
             self.release_synced(now);
             if let Some(beat) = &self.heartbeat {
                 beat.beat();
+            }
+            if self.wedge_at.is_some_and(|at| now >= at) {
+                wedge(self.id);
             }
             if now >= next_sweep {
                 self.sweep(now);
@@ -325,5 +335,14 @@ impl Worker {
         for key in idle {
             self.close(key);
         }
+    }
+}
+
+/// The test hook for the watchdog: the worker stops turning for good (its connections hang, its
+/// heartbeat stops), as a worker stuck in a bug would.
+fn wedge(id: u16) -> ! {
+    log::error!("worker {id}: wedged on purpose (--test-wedge-worker-after)");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
