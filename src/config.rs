@@ -63,7 +63,12 @@ pub struct Config {
     pub ready_max_lag: Duration,
     /// Test-only: worker 0 stops making progress this long after it starts (the watchdog test).
     pub test_wedge_worker_after: Option<Duration>,
+    /// The admin listener: `/metrics` and the health endpoints.
+    pub admin_listen: SocketAddr,
 }
+
+/// The admin listener's default: loopback only, OpenReplay's services' metrics port.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8888);
 
 /// The flags of `replay-ingest serve`. Every field is optional so that "not given" falls through
 /// to the environment, the file and the default, in that order.
@@ -201,6 +206,11 @@ pub struct ServeArgs {
     /// segment unread for longer than this (default 60s).
     #[arg(long, value_parser = parse_duration)]
     pub ready_max_lag: Option<Duration>,
+    /// The admin listener, for `GET /metrics`, `/health/live` and `/health/ready` (default
+    /// 127.0.0.1:8888; with port 0 the node picks one and prints `admin listening on
+    /// http://ADDR`).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
     /// Test-only: worker 0 wedges (stops turning) this long after it starts, so that a test
     /// sees the systemd watchdog pings stop. Never set it in a deployment.
     #[arg(long, hide = true, value_parser = parse_duration)]
@@ -267,6 +277,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_opt")]
     ready_max_lag: Option<Duration>,
+    admin_listen: Option<SocketAddr>,
 }
 
 fn image_format_opt<'de, D: serde::Deserializer<'de>>(
@@ -510,6 +521,10 @@ impl Config {
                 .or(f.ready_max_lag)
                 .unwrap_or(crate::admin::health::DEFAULT_READY_MAX_LAG),
             test_wedge_worker_after: a.test_wedge_worker_after,
+            admin_listen: a
+                .admin_listen
+                .or(f.admin_listen)
+                .unwrap_or(DEFAULT_ADMIN_LISTEN),
         };
         if let Some(kafka) = &config.kafka {
             if !cfg!(feature = "kafka") {

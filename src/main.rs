@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use replay_ingest::admin::Health;
+use replay_ingest::admin::{AdminListener, Health};
 use replay_ingest::compact::{self, CompactRecord, Compactor};
 use replay_ingest::config::{self, Config, ServeArgs};
 use replay_ingest::db::{self, DbWriter, ProjectLoader};
@@ -254,6 +254,23 @@ fn serve(args: &ServeArgs) -> Result<()> {
         signal_hook::consts::SIGINT,
     ])?;
 
+    let sources = replay_ingest::admin::metrics::Sources {
+        node: Arc::clone(&node),
+        segments: Arc::clone(&segments),
+        compactor: Arc::clone(compactor_events.1.stats()),
+        forwarders: forwarders
+            .iter()
+            .map(|f| (f.name, Arc::clone(&f.stats)))
+            .collect(),
+        database: database.as_ref().map(|d| Arc::clone(&d.writer.stats)),
+    };
+    let admin = AdminListener::start(node.config.admin_listen, sources).with_context(|| {
+        format!(
+            "cannot listen on {} for the admin listener (--admin-listen)",
+            node.config.admin_listen
+        )
+    })?;
+    println!("admin listening on http://{}", admin.local_addr());
     if inherited.is_some() {
         log::info!("socket activation: serving on the listener systemd passed");
     }
@@ -290,6 +307,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let (events, compactor) = compactor_events;
     let _ = events.send(SegmentEvent::Shutdown);
     compactor.join();
+    drop(admin);
     drop(watchdog);
     log::info!("stopped");
     Ok(())

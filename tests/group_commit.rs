@@ -122,8 +122,10 @@ impl Rig {
     }
 
     fn drive(&mut self, conn: &mut Conn<Pipe>) -> Step {
+        let metrics = self.node.metrics.worker(0);
         let mut ctx = WorkerCtx {
             node: &self.node,
+            metrics: &metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
         };

@@ -190,7 +190,14 @@ fn the_node_serves_on_a_socket_passed_through_listen_fds() {
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--workers", "2", "--listen", "127.0.0.1:1"])
+        .args([
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()

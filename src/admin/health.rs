@@ -69,6 +69,11 @@ impl Health {
         self.projects = Some((catalog, from_database));
     }
 
+    /// The log's consumers, whose lags readiness and the metrics report.
+    pub fn registry(&self) -> &Arc<ConsumerRegistry> {
+        &self.registry
+    }
+
     /// A heartbeat for loop `name`, counted by liveness from now on.
     pub fn heartbeat(&mut self, name: &str) -> Arc<Heartbeat> {
         let beat = Arc::new(Heartbeat {

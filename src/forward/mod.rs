@@ -101,6 +101,8 @@ pub struct ForwardStats {
 
 pub struct Forwarder {
     thread: Background,
+    /// The queue's name (`redis`, `kafka`).
+    pub name: &'static str,
     pub stats: Arc<ForwardStats>,
 }
 
@@ -115,7 +117,8 @@ impl Forwarder {
         beat: Arc<Heartbeat>,
     ) -> io::Result<Forwarder> {
         let stats = Arc::new(ForwardStats::default());
-        let name = format!("forward-{}", producer.name());
+        let queue = producer.name();
+        let name = format!("forward-{queue}");
         let shared = Arc::clone(&stats);
         let thread = Background::spawn(name, move |stop| {
             Loop {
@@ -131,7 +134,11 @@ impl Forwarder {
             }
             .run()
         })?;
-        Ok(Forwarder { thread, stats })
+        Ok(Forwarder {
+            thread,
+            name: queue,
+            stats,
+        })
     }
 
     /// Asks the forwarder to stop: it drains what is in the log for up to [`DRAIN_TIME`] while

@@ -170,6 +170,11 @@ impl SegmentWriter {
         self.turn.durability
     }
 
+    /// Records and bytes committed by this writer since it opened.
+    pub fn written(&self) -> (u64, u64) {
+        (self.turn.epoch.get(), self.turn.bytes.get())
+    }
+
     /// Group commits done ("fsync" durability), and the records they covered.
     pub fn flushes(&self) -> (u64, u64) {
         (self.flushes, self.flushed_records)
@@ -461,6 +466,8 @@ struct TurnState {
     committed: Cell<bool>,
     /// Records committed, ever; and up to which of them a flush wrote back.
     epoch: Cell<u64>,
+    /// Bytes of those records (headers, names, bodies, padding).
+    bytes: Cell<u64>,
     synced_epoch: Cell<u64>,
     /// "fsync" durability: byte ranges committed and not yet written back, contiguous ones
     /// merged. The vector keeps its capacity: no allocation once warm.
@@ -475,6 +482,7 @@ impl TurnState {
             durability,
             committed: Cell::new(false),
             epoch: Cell::new(0),
+            bytes: Cell::new(0),
             synced_epoch: Cell::new(0),
             dirty: RefCell::new(Vec::with_capacity(16)),
             dir_dirty: Cell::new(false),
@@ -484,6 +492,7 @@ impl TurnState {
     fn record(&self, map: &Arc<SegmentMap>, start: usize, end: usize) {
         self.committed.set(true);
         self.epoch.set(self.epoch.get() + 1);
+        self.bytes.set(self.bytes.get() + (end - start) as u64);
         if self.durability != Durability::Fsync {
             return;
         }

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use crate::admin::metrics::route_index;
+use crate::admin::WorkerMetrics;
 use crate::http::{
     parse_head, write_error, BodyFraming, ChunkError, ChunkedDecoder, HeadError, ResponseOptions,
     Status, CONTINUE_100, MAX_HEAD_BYTES,
 };
 use crate::log::{Durability, Reservation};
-use crate::routes::{self, Begin, Pending, TokenMemo, WorkerCtx};
+use crate::routes::{self, Begin, Pending, Route, TokenMemo, WorkerCtx};
 
 /// Size of a connection's input buffer: a whole head (at most 16 KiB) always fits after the
 /// unread bytes are moved to the front, and a read takes up to this much at once.
@@ -150,6 +152,9 @@ pub struct Conn<S = TcpStream> {
     /// "fsync" durability: `out[hold..]` answers records that the worker writes back at the
     /// end of this turn; nothing from there on is sent before (answers keep their order).
     sync_hold: Option<usize>,
+    /// The request being served: its route's metrics index and when its head was parsed.
+    req_route: u8,
+    req_started: Instant,
 }
 
 impl<S: Read + Write> Conn<S> {
@@ -171,7 +176,22 @@ impl<S: Read + Write> Conn<S> {
             tokens: TokenMemo::default(),
             large_bodies: false,
             sync_hold: None,
+            req_route: route_index(None),
+            req_started: now,
         }
+    }
+
+    /// Counts the answer written into `out` from `at` on (its status is in its first line).
+    fn count_answer(&self, env: &Env<'_, '_>, at: usize) {
+        let code = self
+            .out
+            .get(at + 9..at + 12)
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0);
+        env.ctx
+            .metrics
+            .request(self.req_route, code, self.req_started.elapsed());
     }
 
     /// Answers wait for the worker's flush at the end of this turn ("fsync" durability).
@@ -386,7 +406,9 @@ impl<S: Read + Write> Conn<S> {
                         pending.close_after();
                     }
                     let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
+                    WorkerMetrics::add(&env.ctx.metrics.body_bytes, reservation.len() as u64);
                     routes::finish_stream(reservation, pending, &mut self.out);
+                    self.count_answer(env, at);
                     self.hold_if_stored(env, epoch, at);
                     self.request_done(keep, env)
                 }
@@ -402,7 +424,9 @@ impl<S: Read + Write> Conn<S> {
                             pending.close_after();
                         }
                         let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
+                        WorkerMetrics::add(&env.ctx.metrics.body_bytes, body.len() as u64);
                         routes::finish_buffered(env.ctx, pending, &body, &mut self.out);
+                        self.count_answer(env, at);
                         self.hold_if_stored(env, epoch, at);
                         self.request_done(keep, env)
                     }
@@ -415,7 +439,7 @@ impl<S: Read + Write> Conn<S> {
                         };
                         return false;
                     }
-                    Err(e) => self.refuse_body(e, pending.opts()),
+                    Err(e) => self.refuse_body(e, pending.opts(), env),
                 },
                 State::Discard { mut framing, keep } => {
                     let mut sink = std::mem::take(env.ctx.scratch);
@@ -452,6 +476,9 @@ impl<S: Read + Write> Conn<S> {
             Err(e) => return Some(self.refuse_head(e, env)),
         };
         self.begun += 1;
+        self.req_route = route_index(Route::resolve(head.path.get(buffered)));
+        self.req_started = Instant::now();
+        let answer_at = self.out.len();
         let keep = head.keep_alive && !env.stopping;
         let begin = routes::begin(
             env.ctx,
@@ -473,6 +500,12 @@ impl<S: Read + Write> Conn<S> {
                 out.extend_from_slice(CONTINUE_100);
             }
         };
+        if matches!(
+            begin,
+            Begin::Answered | Begin::AnsweredClose | Begin::AnsweredSkipBody
+        ) {
+            self.count_answer(env, answer_at);
+        }
         let next = match begin {
             Begin::Answered => return Some(self.request_done(keep, env)),
             Begin::AnsweredClose => {
@@ -544,17 +577,21 @@ impl<S: Read + Write> Conn<S> {
 
     fn refuse_head(&mut self, e: HeadError, env: &Env<'_, '_>) -> State {
         let opts = ResponseOptions::closing(env.ctx.node.config.use_cors);
+        let at = self.out.len();
         write_error(&mut self.out, e.status(), opts, e.message());
+        self.req_route = route_index(None);
+        self.count_answer(env, at);
         self.start = self.end;
         self.close_after_flush = true;
         State::Closing
     }
 
-    fn refuse_body(&mut self, e: ChunkError, opts: ResponseOptions) -> State {
+    fn refuse_body(&mut self, e: ChunkError, opts: ResponseOptions, env: &Env<'_, '_>) -> State {
         let opts = ResponseOptions {
             keep_alive: false,
             ..opts
         };
+        let at = self.out.len();
         match e {
             ChunkError::TooLarge => write_error(
                 &mut self.out,
@@ -569,6 +606,7 @@ impl<S: Read + Write> Conn<S> {
                 "malformed chunked body",
             ),
         }
+        self.count_answer(env, at);
         self.start = self.end;
         self.close_after_flush = true;
         State::Closing

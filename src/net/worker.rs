@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
-use crate::admin::Heartbeat;
+use crate::admin::{Heartbeat, WorkerMetrics};
 use crate::log::SegmentWriter;
 use crate::routes::{NodeState, WorkerCtx};
 
@@ -46,6 +46,7 @@ pub struct Worker {
     evicted_at_cap: u64,
     /// Liveness: beaten once per loop turn (none in harnesses without health).
     heartbeat: Option<Arc<Heartbeat>>,
+    metrics: Arc<WorkerMetrics>,
     /// Test-only (`--test-wedge-worker-after`): worker 0 stops making progress then.
     wedge_at: Option<Instant>,
     /// "fsync" durability: connections whose answers wait for this turn's flush.
@@ -87,6 +88,7 @@ impl Worker {
             refused_at_cap: 0,
             evicted_at_cap: 0,
             heartbeat: node.health.heartbeat_of(&format!("worker-{id}")),
+            metrics: node.metrics.worker(usize::from(id)),
             wedge_at: node
                 .config
                 .test_wedge_worker_after
@@ -133,6 +135,8 @@ impl Worker {
             // answers that waited for it.
             self.log.end_turn();
             self.release_synced(now);
+            self.metrics
+                .publish_log(self.log.written(), self.log.flushes());
             if let Some(beat) = &self.heartbeat {
                 beat.beat();
             }
@@ -212,6 +216,7 @@ impl Worker {
                         continue;
                     }
                     entry.insert(Conn::new(socket, peer.ip(), now, self.timeouts.idle));
+                    WorkerMetrics::add(&self.metrics.connections_accepted, 1);
                     // Data may have arrived with the connection; edge-triggered readiness would
                     // report it anyway, this saves a wake-up.
                     self.drive(key, now);
@@ -233,6 +238,7 @@ impl Worker {
         };
         let mut ctx = WorkerCtx {
             node: &self.node,
+            metrics: &self.metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
         };
@@ -273,6 +279,7 @@ impl Worker {
     fn close(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(conn.socket());
+            WorkerMetrics::add(&self.metrics.connections_closed, 1);
         }
     }
 
@@ -314,6 +321,7 @@ impl Worker {
         for key in expired {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.time_out(cors);
+                WorkerMetrics::add(&self.metrics.timeouts, 1);
             }
             self.close(key);
         }

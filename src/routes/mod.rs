@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::admin::Health;
+use crate::admin::{Health, Metrics, WorkerMetrics};
 use crate::config::Config;
 use crate::flake::SessionIdGenerator;
 use crate::geo::GeoDb;
@@ -44,6 +44,8 @@ pub struct NodeState {
     pub geo: Option<GeoDb>,
     pub sessions: SessionTable,
     pub health: Health,
+    /// The workers' counters, summed at each scrape.
+    pub metrics: Metrics,
 }
 
 impl NodeState {
@@ -55,6 +57,7 @@ impl NodeState {
         health: Health,
     ) -> Arc<NodeState> {
         Arc::new(NodeState {
+            metrics: Metrics::new(config.workers),
             ids: SessionIdGenerator::new(config.shard),
             signer: TokenSigner::new(secret),
             user_agents: UserAgentParser::new(),
@@ -86,6 +89,8 @@ impl NodeState {
 /// What a worker lends a request: its log and reusable buffers.
 pub struct WorkerCtx<'a> {
     pub node: &'a NodeState,
+    /// This worker's counters.
+    pub metrics: &'a WorkerMetrics,
     pub log: &'a mut SegmentWriter,
     /// Scratch for gzip-decoded bodies that must be split or parsed.
     pub scratch: &'a mut Vec<u8>,

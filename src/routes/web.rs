@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::{json_body, now_ms, now_ns, project_by_key, Answer, Pending, Reject, WorkerCtx};
+use crate::admin::WorkerMetrics;
 use crate::codec::SessionStart;
 use crate::db::row::SessionRow;
 use crate::flake::start_timestamp_ms;
@@ -205,6 +206,7 @@ pub(super) fn open_session(
     new: NewSession<impl FnOnce(&mut Vec<u8>), impl FnOnce() -> SessionRow>,
 ) -> Result<SessionToken, Reject> {
     if !sampled_in(project) {
+        WorkerMetrics::add(&ctx.metrics.sampled_out, 1);
         return Err(Reject(Status::Forbidden, "cancel"));
     }
     let session_id = ctx.node.ids.next_id(now.max(0) as u64);
@@ -240,6 +242,7 @@ pub(super) fn open_session(
     ctx.node
         .sessions
         .insert(session_id, project.project_id, token.expires_at_ms);
+    WorkerMetrics::add(&ctx.metrics.sessions_started, 1);
     Ok(token)
 }
 

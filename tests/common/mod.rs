@@ -105,6 +105,8 @@ impl NodeBuilder {
             .arg(&dir)
             .arg("--workers")
             .arg(self.workers.to_string())
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
             .env_remove("HTTP_HOST")
             .env_remove("HTTP_PORT")
             .env("TOKEN_SECRET", SECRET)
@@ -181,6 +183,32 @@ impl Node {
 
     pub fn start() -> Node {
         Node::builder().start()
+    }
+
+    /// The admin listener's address, as the node printed it.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.printed
+            .iter()
+            .find_map(|l| l.strip_prefix("admin listening on http://"))
+            .expect("the node prints its admin address")
+            .parse()
+            .unwrap()
+    }
+
+    /// `GET path` on the admin listener: status and body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        (status, body)
     }
 
     pub fn connect(&self) -> TcpStream {
