@@ -65,6 +65,8 @@ pub struct Config {
     pub test_wedge_worker_after: Option<Duration>,
     /// The admin listener: `/metrics` and the health endpoints.
     pub admin_listen: SocketAddr,
+    /// Log one request in this many (0: none).
+    pub request_log_every: u64,
 }
 
 /// The admin listener's default: loopback only, OpenReplay's services' metrics port.
@@ -206,6 +208,14 @@ pub struct ServeArgs {
     /// segment unread for longer than this (default 60s).
     #[arg(long, value_parser = parse_duration)]
     pub ready_max_lag: Option<Duration>,
+    /// Log levels, in RUST_LOG's syntax (`info`, `warn,replay_ingest::request=info`); default
+    /// RUST_LOG, else `info`.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log one request in N (route, status, time; target `replay_ingest::request`, level info).
+    /// 0, the default: none.
+    #[arg(long)]
+    pub request_log_every: Option<u64>,
     /// The admin listener, for `GET /metrics`, `/health/live` and `/health/ready` (default
     /// 127.0.0.1:8888; with port 0 the node picks one and prints `admin listening on
     /// http://ADDR`).
@@ -278,6 +288,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_opt")]
     ready_max_lag: Option<Duration>,
     admin_listen: Option<SocketAddr>,
+    request_log_every: Option<u64>,
 }
 
 fn image_format_opt<'de, D: serde::Deserializer<'de>>(
@@ -525,6 +536,7 @@ impl Config {
                 .admin_listen
                 .or(f.admin_listen)
                 .unwrap_or(DEFAULT_ADMIN_LISTEN),
+            request_log_every: a.request_log_every.or(f.request_log_every).unwrap_or(0),
         };
         if let Some(kafka) = &config.kafka {
             if !cfg!(feature = "kafka") {

@@ -103,8 +103,14 @@ impl From<TopicArg> for Topic {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Serve(args) | Command::CheckConfig(args) => args.log_level.clone(),
+        Command::Redrive { settings, .. } => settings.log_level.clone(),
+        _ => None,
+    };
+    replay_ingest::admin::logs::init(level.as_deref());
+    match cli.command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Cat {

@@ -72,3 +72,30 @@ fn metrics_move_with_the_traffic() {
     assert_eq!(node.admin_get("/elsewhere").0, 404);
     node.stop();
 }
+
+#[test]
+fn request_logs_are_off_by_default_and_sampled_when_on() {
+    let quiet = Node::start();
+    let sampled = Node::builder().arg("--request-log-every").arg("2").start();
+    for node in [&quiet, &sampled] {
+        for _ in 0..10 {
+            assert_eq!(
+                node.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+                200
+            );
+        }
+    }
+    let count = |node: &Node| {
+        node.stderr()
+            .lines()
+            .filter(|l| l.contains("replay_ingest::request") && l.contains("status=200"))
+            .count()
+    };
+    assert_eq!(count(&quiet), 0);
+    // One in two, per worker: 10 requests over two workers log 5 or 6 lines.
+    let logged = count(&sampled);
+    assert!((5..=6).contains(&logged), "{logged}:\n{}", sampled.stderr());
+    assert!(sampled.stderr().contains("route=\"health\" status=200"));
+    quiet.stop();
+    sampled.stop();
+}

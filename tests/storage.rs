@@ -154,6 +154,25 @@ fn a_full_disk_is_answered_503_with_retry_after_and_the_node_resumes() {
         }
     }
     let refused = refused.expect("the disk fills up");
+    // Every request is refused while the disk is full: the log says so once per interval with
+    // a count, not once per request.
+    let mut refusals = 1;
+    for _ in 0..50 {
+        if post(&node, &token, &refused).status == 503 {
+            refusals += 1;
+        }
+    }
+    assert!(refusals > 40, "{refusals} refused");
+    let lines = node
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("cannot store a record"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} log lines for {refusals} refusals:\n{}",
+        node.stderr()
+    );
     // What needs no storage still works.
     assert_eq!(get(&node, "/").status, 200);
     let tags = node.request(

@@ -85,6 +85,7 @@ pub struct WorkerMetrics {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
     latency: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
+    answered: AtomicU64,
     /// Request body bytes as received (wire).
     pub body_bytes: AtomicU64,
     pub connections_accepted: AtomicU64,
@@ -101,7 +102,8 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     /// One answered request: its route index, status and time from its head to its answer.
-    pub fn request(&self, route: u8, status: u16, elapsed: Duration) {
+    /// Returns how many this worker answered before it (for sampling request logs).
+    pub fn request(&self, route: u8, status: u16, elapsed: Duration) -> u64 {
         let s = STATUSES
             .iter()
             .position(|c| *c == status)
@@ -115,6 +117,7 @@ impl WorkerMetrics {
             .unwrap_or(BUCKETS_US.len());
         self.latency[b].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

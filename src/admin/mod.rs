@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 
 pub use health::{Health, Heartbeat};

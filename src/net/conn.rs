@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use crate::admin::metrics::route_index;
+use crate::admin::metrics::{route_index, ROUTES};
 use crate::admin::WorkerMetrics;
 use crate::http::{
     parse_head, write_error, BodyFraming, ChunkError, ChunkedDecoder, HeadError, ResponseOptions,
@@ -189,9 +189,19 @@ impl<S: Read + Write> Conn<S> {
             .and_then(|digits| std::str::from_utf8(digits).ok())
             .and_then(|digits| digits.parse().ok())
             .unwrap_or(0);
-        env.ctx
-            .metrics
-            .request(self.req_route, code, self.req_started.elapsed());
+        let elapsed = self.req_started.elapsed();
+        let seq = env.ctx.metrics.request(self.req_route, code, elapsed);
+        let every = env.ctx.node.config.request_log_every;
+        if every != 0 && seq % every == 0 {
+            tracing::info!(
+                target: "replay_ingest::request",
+                route = ROUTES[usize::from(self.req_route)],
+                status = code,
+                micros = elapsed.as_micros() as u64,
+                peer = %self.peer,
+                "request"
+            );
+        }
     }
 
     /// Answers wait for the worker's flush at the end of this turn ("fsync" durability).

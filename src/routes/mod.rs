@@ -15,10 +15,10 @@ mod mobile;
 mod web;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admin::logs::Repeated;
 use crate::admin::{Health, Metrics, WorkerMetrics};
 use crate::config::Config;
 use crate::flake::SessionIdGenerator;
@@ -596,9 +596,12 @@ struct Reject(Status, &'static str);
 
 /// A full disk or a used-up disk budget is a 503 with `Retry-After` (the tracker retries, and
 /// the operator's alerting knows the kind); any other storage failure a 500. Either way nothing
-/// was acknowledged. A full disk is logged at most once a second: it refuses every request.
+/// was acknowledged. Each is logged at most once every ten seconds, with the count of the
+/// refusals since: a full disk refuses every request.
 impl From<crate::log::LogError> for Reject {
     fn from(e: crate::log::LogError) -> Reject {
+        static FULL: Repeated = Repeated::new(10);
+        static FAILED: Repeated = Repeated::new(10);
         let full = match &e {
             crate::log::LogError::Full => true,
             crate::log::LogError::Io(io) => {
@@ -608,13 +611,16 @@ impl From<crate::log::LogError> for Reject {
             _ => false,
         };
         if !full {
-            log::error!("cannot store a record: {e}");
+            if let Some(unlogged) = FAILED.hit() {
+                log::error!("cannot store a record: {e} ({unlogged} more such failures since the last line)");
+            }
             return Reject(Status::InternalServerError, "cannot store the request");
         }
-        static LAST_LOGGED_S: AtomicU64 = AtomicU64::new(0);
-        let now_s = now_ms() as u64 / 1000;
-        if LAST_LOGGED_S.swap(now_s, Ordering::Relaxed) != now_s {
-            log::error!("cannot store a record: {e} (answering 503 until there is room)");
+        if let Some(unlogged) = FULL.hit() {
+            log::error!(
+                "cannot store a record: {e} (answering 503 until there is room; {unlogged} \
+                 requests refused since the last line)"
+            );
         }
         Reject(Status::ServiceUnavailable, "storage full")
     }
