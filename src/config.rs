@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -67,6 +68,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Log one request in this many (0: none).
     pub request_log_every: u64,
+    /// Log levels from the flag or the config file (`None`: RUST_LOG, else info).
+    pub log_level: Option<String>,
 }
 
 /// The admin listener's default: loopback only, OpenReplay's services' metrics port.
@@ -289,6 +292,7 @@ struct FileConfig {
     ready_max_lag: Option<Duration>,
     admin_listen: Option<SocketAddr>,
     request_log_every: Option<u64>,
+    log_level: Option<String>,
 }
 
 fn image_format_opt<'de, D: serde::Deserializer<'de>>(
@@ -537,6 +541,7 @@ impl Config {
                 .or(f.admin_listen)
                 .unwrap_or(DEFAULT_ADMIN_LISTEN),
             request_log_every: a.request_log_every.or(f.request_log_every).unwrap_or(0),
+            log_level: a.log_level.clone().or(f.log_level),
         };
         if let Some(kafka) = &config.kafka {
             if !cfg!(feature = "kafka") {
@@ -684,6 +689,102 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The settings a running node takes again on SIGHUP: read on the request path with relaxed
+/// loads, replaced field by field by [`LiveSettings::apply`] on the main thread.
+#[derive(Debug)]
+pub struct LiveSettings {
+    beacon_size_limit: AtomicU64,
+    compression_threshold: AtomicU64,
+    json_size_limit: AtomicU64,
+    file_size_limit: AtomicU64,
+    use_cors: AtomicBool,
+}
+
+impl LiveSettings {
+    pub fn new(config: &Config) -> LiveSettings {
+        let live = LiveSettings {
+            beacon_size_limit: AtomicU64::new(0),
+            compression_threshold: AtomicU64::new(0),
+            json_size_limit: AtomicU64::new(0),
+            file_size_limit: AtomicU64::new(0),
+            use_cors: AtomicBool::new(false),
+        };
+        live.apply(config);
+        live
+    }
+
+    /// Takes `config`'s live settings (it was validated as a whole by [`Config::load`]).
+    pub fn apply(&self, config: &Config) {
+        let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        set(&self.beacon_size_limit, config.beacon_size_limit);
+        set(&self.compression_threshold, config.compression_threshold);
+        set(&self.json_size_limit, config.json_size_limit);
+        set(&self.file_size_limit, config.file_size_limit);
+        self.use_cors.store(config.use_cors, Ordering::Relaxed);
+    }
+
+    pub fn beacon_size_limit(&self) -> u64 {
+        self.beacon_size_limit.load(Ordering::Relaxed)
+    }
+    pub fn compression_threshold(&self) -> u64 {
+        self.compression_threshold.load(Ordering::Relaxed)
+    }
+    pub fn json_size_limit(&self) -> u64 {
+        self.json_size_limit.load(Ordering::Relaxed)
+    }
+    pub fn file_size_limit(&self) -> u64 {
+        self.file_size_limit.load(Ordering::Relaxed)
+    }
+    pub fn use_cors(&self) -> bool {
+        self.use_cors.load(Ordering::Relaxed)
+    }
+    /// Decoded bytes the batch routes accept (see [`Config::batch_size_limit`]).
+    pub fn batch_size_limit(&self) -> u64 {
+        self.beacon_size_limit().max(200_000)
+    }
+}
+
+impl Config {
+    /// What changed from `self` that only a restart applies (named for the log line).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check("listen", self.listen != new.listen);
+        check("workers", self.workers != new.workers);
+        check("data_dir", self.data_dir != new.data_dir);
+        check("token_secret", self.token_secret != new.token_secret);
+        check("shard", self.shard != new.shard);
+        check("segment_size", self.segment_size != new.segment_size);
+        check("durability", self.durability != new.durability);
+        check(
+            "redis",
+            self.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url),
+        );
+        check(
+            "kafka",
+            self.kafka.as_ref().map(|k| &k.servers) != new.kafka.as_ref().map(|k| &k.servers),
+        );
+        check(
+            "postgres",
+            self.postgres.as_ref().map(|p| &p.url) != new.postgres.as_ref().map(|p| &p.url),
+        );
+        check("admin_listen", self.admin_listen != new.admin_listen);
+        check(
+            "request_log_every",
+            self.request_log_every != new.request_log_every,
+        );
+        check(
+            "projects",
+            self.projects_file.is_some() != new.projects_file.is_some(),
+        );
+        changed
+    }
 }
 
 /// A URL without its password, for the logs.

@@ -174,6 +174,11 @@ fn check_config(args: &ServeArgs) -> Result<()> {
 
 fn serve(args: &ServeArgs) -> Result<()> {
     let config = Config::load(args)?;
+    if args.log_level.is_none() && config.log_level.is_some() {
+        // From the config file, which the logger could not read before the settings.
+        replay_ingest::admin::logs::set_levels(config.log_level.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
 
@@ -258,6 +263,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
 
     let sources = replay_ingest::admin::metrics::Sources {
@@ -286,9 +292,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
     replay_ingest::ops::ready(&format!("serving on {}", server.local_addr()));
     let watchdog = replay_ingest::ops::Watchdog::start(Arc::clone(&node))?;
 
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            reload(args, &node);
+            continue;
+        }
         stop.store(true, Ordering::SeqCst);
         log::info!("signal {signal}: finishing in-flight requests");
+        break;
     }
     replay_ingest::ops::stopping();
     if let Some(watchdog) = &watchdog {
@@ -317,6 +328,55 @@ fn serve(args: &ServeArgs) -> Result<()> {
     drop(watchdog);
     log::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the settings (flags, environment, config file) and the projects file again and
+/// applies what can change while the node runs (limits, CORS, log levels, the projects and
+/// their sample rates); connections stay open. Anything invalid is refused whole, with a log
+/// line, and the running configuration kept.
+fn reload(args: &ServeArgs, node: &NodeState) {
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("SIGHUP: settings refused, keeping the running ones: {e}");
+            return;
+        }
+    };
+    let projects = match (&config.projects_file, node.config.postgres.is_some()) {
+        (Some(path), false) => match Projects::load(path) {
+            Ok(projects) => Some(projects),
+            Err(e) => {
+                log::error!("SIGHUP: projects refused, keeping the running ones: {e}");
+                return;
+            }
+        },
+        _ => None,
+    };
+    if let Err(e) = replay_ingest::admin::logs::set_levels(config.log_level.as_deref()) {
+        log::error!("SIGHUP: log levels refused, keeping the running ones: {e}");
+        return;
+    }
+    let restart_only = node.config.restart_only_changes(&config);
+    if !restart_only.is_empty() {
+        log::warn!(
+            "SIGHUP: {} changed; those apply at the next restart",
+            restart_only.join(", ")
+        );
+    }
+    node.live.apply(&config);
+    let count = projects.map(|projects| {
+        let n = projects.len();
+        node.projects.replace(projects);
+        n
+    });
+    log::info!(
+        "SIGHUP: settings reloaded (beacon limit {}, JSON limit {}, file limit {}, CORS {}){}",
+        node.live.beacon_size_limit(),
+        node.live.json_size_limit(),
+        node.live.file_size_limit(),
+        node.live.use_cors(),
+        count.map_or(String::new(), |n| format!(", {n} projects"))
+    );
 }
 
 /// The PostgreSQL side of a node: the projects loader and the database writer.

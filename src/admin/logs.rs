@@ -8,30 +8,69 @@
 //! (`JOURNAL_STREAM` set) lines carry no timestamp and no colour: journald adds its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// The filter SIGHUP replaces.
+static LEVELS: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter for `level` (a flag), else `RUST_LOG`, else `info`.
+fn filter(level: Option<&str>) -> Result<EnvFilter, String> {
+    match level {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}")),
+        None => Ok(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))),
+    }
+}
 
 /// Installs the subscriber; `level` (a flag) wins over `RUST_LOG`.
 pub fn init(level: Option<&str>) {
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = filter(level).unwrap_or_else(|e| {
+        eprintln!("{e}; logging at info");
+        EnvFilter::new("info")
+    });
+    let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(true);
+    let registry = tracing_subscriber::registry().with(filter);
     let installed = if journald {
-        builder.without_time().try_init()
+        registry.with(format.without_time()).try_init()
     } else {
-        builder.try_init()
+        registry.with(format).try_init()
     };
-    if let Err(e) = installed {
-        eprintln!("cannot install the logger: {e}");
+    match installed {
+        Ok(()) => {
+            let _ = LEVELS.set(handle);
+        }
+        Err(e) => eprintln!("cannot install the logger: {e}"),
+    }
+}
+
+/// Replaces the levels (SIGHUP), as `init` reads them.
+pub fn set_levels(level: Option<&str>) -> Result<(), String> {
+    let filter = filter(level)?;
+    // The `log` macros stop at their own maximum, set at start: move it with the filter.
+    let most = match filter.max_level_hint() {
+        Some(hint) if hint == tracing_subscriber::filter::LevelFilter::OFF => log::LevelFilter::Off,
+        Some(hint) => match hint.into_level() {
+            Some(tracing::Level::ERROR) => log::LevelFilter::Error,
+            Some(tracing::Level::WARN) => log::LevelFilter::Warn,
+            Some(tracing::Level::INFO) => log::LevelFilter::Info,
+            Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        },
+        None => log::LevelFilter::Trace,
+    };
+    log::set_max_level(most);
+    match LEVELS.get() {
+        Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
+        None => Err("no logger installed".into()),
     }
 }
 

@@ -586,7 +586,7 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn refuse_head(&mut self, e: HeadError, env: &Env<'_, '_>) -> State {
-        let opts = ResponseOptions::closing(env.ctx.node.config.use_cors);
+        let opts = ResponseOptions::closing(env.ctx.node.live.use_cors());
         let at = self.out.len();
         write_error(&mut self.out, e.status(), opts, e.message());
         self.req_route = route_index(None);

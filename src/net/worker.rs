@@ -311,7 +311,7 @@ impl Worker {
     }
 
     fn sweep(&mut self, now: Instant) {
-        let cors = self.node.config.use_cors;
+        let cors = self.node.live.use_cors();
         let expired: Vec<usize> = self
             .conns
             .iter()

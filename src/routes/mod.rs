@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::admin::logs::Repeated;
 use crate::admin::{Health, Metrics, WorkerMetrics};
-use crate::config::Config;
+use crate::config::{Config, LiveSettings};
 use crate::flake::SessionIdGenerator;
 use crate::geo::GeoDb;
 use crate::http::{
@@ -37,6 +37,8 @@ pub use web::SessionTable;
 /// Everything the routes share, read-only but for the session table.
 pub struct NodeState {
     pub config: Config,
+    /// The settings SIGHUP changes (limits, CORS); `config` keeps the values at start.
+    pub live: LiveSettings,
     pub projects: Arc<Catalog>,
     pub signer: TokenSigner,
     pub ids: SessionIdGenerator,
@@ -57,6 +59,7 @@ impl NodeState {
         health: Health,
     ) -> Arc<NodeState> {
         Arc::new(NodeState {
+            live: LiveSettings::new(&config),
             metrics: Metrics::new(config.workers),
             ids: SessionIdGenerator::new(config.shard),
             signer: TokenSigner::new(secret),
@@ -73,7 +76,7 @@ impl NodeState {
 impl NodeState {
     /// Decoded bytes accepted on the batch routes: what any start answer allowed.
     pub fn batch_limit(&self) -> u64 {
-        self.config
+        self.live
             .batch_size_limit()
             .max(self.projects.max_beacon_size_limit())
     }
@@ -82,7 +85,7 @@ impl NodeState {
     pub fn beacon_size_limit(&self, project: &Project) -> u64 {
         project
             .beacon_size_limit
-            .unwrap_or(self.config.beacon_size_limit)
+            .unwrap_or(self.live.beacon_size_limit())
     }
 }
 
@@ -153,10 +156,10 @@ impl Route {
 
     /// Wire bytes accepted in a body.
     fn body_limit(self, node: &NodeState) -> u64 {
-        let c = &node.config;
+        let c = &node.live;
         match self {
             Route::WebBatch | Route::MobileBatch | Route::MobileLate => node.batch_limit(),
-            Route::WebImages | Route::MobileImages => c.file_size_limit,
+            Route::WebImages | Route::MobileImages => c.file_size_limit(),
             Route::Health
             | Route::HealthLive
             | Route::HealthReady
@@ -165,7 +168,7 @@ impl Route {
             Route::WebStart
             | Route::MobileStart
             | Route::WebNotStarted
-            | Route::WebFeatureFlags => c.json_size_limit,
+            | Route::WebFeatureFlags => c.json_size_limit(),
         }
     }
 
@@ -300,7 +303,7 @@ pub fn begin(
     let route = Route::resolve(head.path.get(buf));
     // Answers sent once the body is in.
     let allow_get = route.is_some_and(|r| r.method() == Method::Get);
-    let mut opts = ResponseOptions::for_request(head, node.config.use_cors, allow_get);
+    let mut opts = ResponseOptions::for_request(head, node.live.use_cors(), allow_get);
     opts.keep_alive &= keep_alive;
     // Answers sent before the body: a client waiting for `100 Continue` may or may not send the
     // body now, so the connection cannot be reused, and the answer says so.
@@ -693,7 +696,7 @@ fn json_body<'s>(
     body: &'s [u8],
 ) -> Result<&'s [u8], Reject> {
     if p.gzip {
-        let limit = ctx.node.config.json_size_limit;
+        let limit = ctx.node.live.json_size_limit();
         return gunzip_to_scratch(ctx.scratch, body, limit);
     }
     Ok(body)

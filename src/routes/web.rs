@@ -344,7 +344,7 @@ pub(super) fn start(
         "startTimestamp": start_timestamp_ms(token.session_id),
         "delay": token.delay,
         "beaconSizeLimit": node.beacon_size_limit(&project),
-        "compressionThreshold": node.config.compression_threshold,
+        "compressionThreshold": node.live.compression_threshold(),
         "assistOnly": false,
         "userOS": ua.os,
         "userDevice": ua.device,
