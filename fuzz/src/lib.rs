@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use replay_ingest::config::{Config, ServeArgs};
 use replay_ingest::log::{LogConfig, SegmentService, SegmentWriter};
 use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
-use replay_ingest::project::Projects;
+use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::{NodeState, WorkerCtx};
 
 /// The token secret the seeds' tokens are signed with (see `make_seeds.py`).
@@ -121,6 +121,7 @@ impl Harness {
             std::sync::Arc::clone(service.consumers()),
             replay_ingest::admin::health::DEFAULT_READY_MAX_LAG,
         );
+        let projects = std::sync::Arc::new(Catalog::fixed(projects));
         let node = NodeState::new(config, projects, SECRET.as_bytes(), None, health);
         Harness {
             node,
@@ -164,8 +165,10 @@ impl Harness {
             now,
             Duration::from_secs(75),
         );
+        let metrics = self.node.metrics.worker(0);
         let mut ctx = WorkerCtx {
             node: &self.node,
+            metrics: &metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
         };
