@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Two builds of replay-ingest side by side: the request path's cost of a change.
+#
+#   bench/ab.sh --a OLD_BINARY --b NEW_BINARY [--sizes "1k 8k"] [--rounds 3] [--seconds 10]
+#
+# Per round and body size, A then B, each a fresh node with its defaults (a fresh data
+# directory, TOKEN_SECRET) under `replay-bench fixed` (a valid player batch of that size, closed
+# loop, 64 connections) for --seconds. Reports req/s and the CPU time of the node's worker
+# threads (the request path) per request, from /proc/<pid>/task/*/stat before and after the
+# load; then the medians and B against A. Bounded: every load stops after its time; each node
+# is stopped by its pid.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+A=""
+B=""
+SIZES="1k 8k"
+ROUNDS=3
+SECS=10
+PORT=18086
+SECRET=bench-secret
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --a) A=$2; shift ;;
+    --b) B=$2; shift ;;
+    --sizes) SIZES=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --seconds) SECS=$2; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ -x "$A" ] && [ -x "$B" ] || { echo "--a and --b must name replay-ingest binaries" >&2; exit 2; }
+
+log() { printf '[ab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+TMP=$(mktemp -d /tmp/replay-ab.XXXXXX)
+PIDS=()
+source "$HERE/lib.sh"
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid" 60; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+(cd "$HERE" && cargo build --release --locked -q)
+BENCH=$HERE/target/release/replay-bench
+kv() { local v; v=$(tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1); echo "${v:-0}"; }
+TOKEN=$(python3 "$(cd "$ROOT/.." && pwd)/shared/peers/mktoken.py" "$SECRET" 4242)
+
+printf 'round\tsize\tbuild\treq_s\tworker_us_per_req\n' > "$TMP/runs.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+  for size in $SIZES; do
+    for build in a b; do
+      bin=$A; [ "$build" = b ] && bin=$B
+      DATA=$TMP/data
+      # Builds with an admin listener get a free port for it (default: 127.0.0.1:8888).
+      extra=()
+      "$bin" serve --help | grep -q -- --admin-listen && extra=(--admin-listen 127.0.0.1:0)
+      TOKEN_SECRET=$SECRET "$bin" serve --listen 127.0.0.1:$PORT "${extra[@]}" \
+        --data-dir "$DATA" > /dev/null 2> "$TMP/node.log" &
+      NPID=$!; PIDS+=("$NPID")
+      for _ in $(seq 1 100); do curl -s -m 1 "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
+      log "round $round, $size, $build"
+      w0=$("$BENCH" threads --pid "$NPID" | kv worker_us)
+      STAT=$("$BENCH" fixed --url "http://127.0.0.1:$PORT" -c 64 -d "${SECS}s" --size "$size" \
+             --token "$TOKEN" 2>/dev/null | grep '^BENCHSTAT')
+      w1=$("$BENCH" threads --pid "$NPID" | kv worker_us)
+      stop_pid "$NPID" 60; rm -rf "$DATA"
+      python3 - "$round" "$size" "$build" "$STAT" "$w0" "$w1" >> "$TMP/runs.tsv" <<'EOF'
+import sys
+round_, size, build, stat, w0, w1 = sys.argv[1:]
+s = dict(x.split("=", 1) for x in stat.split()[1:])
+ok = int(s["ok"])
+print("\t".join([round_, size, build, str(round(ok / (int(s["duration_us"]) / 1e6))),
+                 str(round((int(w1) - int(w0)) / max(ok, 1), 2))]))
+EOF
+    done
+  done
+done
+
+python3 - "$TMP/runs.tsv" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+print("| round | size | build | req/s | worker µs per request |")
+print("| ---: | --- | --- | ---: | ---: |")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+print()
+print("| size | A req/s | B req/s | B/A | A worker µs/req | B worker µs/req | B/A |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for size in dict.fromkeys(r[1] for r in rows):
+    med = lambda build, i: statistics.median(float(r[i]) for r in rows if r[1] == size and r[2] == build)
+    ra, rb, ca, cb = med("a", 3), med("b", 3), med("a", 4), med("b", 4)
+    print(f"| {size} | {ra:.0f} | {rb:.0f} | {rb / ra:.2f} | {ca:.2f} | {cb:.2f} | {cb / ca:.2f} |")
+EOF
