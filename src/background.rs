@@ -1,7 +1,8 @@
 //! What the log's consumer threads (the forwarders, the database writer) and the projects loader
-//! share about their lives: a thread that can be asked to stop and joined ([`Background`]), and
-//! the drain at shutdown ([`Drain`]): once asked to stop, a consumer keeps handing on what is in
-//! the log while its downstream takes it, for a bounded time, then saves its cursor and exits.
+//! share about their lives: a thread that can be asked to stop and joined ([`Background`]), the
+//! drain at shutdown ([`Drain`]: once asked to stop, a consumer keeps handing on what is in the
+//! log while its downstream takes it, for a bounded time, then saves its cursor and exits), and
+//! the loop of turns around both ([`run_consumer`]).
 //!
 //! In: a stop request from main's shutdown. Out: when to read without waiting, when to give up
 //! retrying, when to exit. Runs on the thread it belongs to (the handle on main's).
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::admin::Heartbeat;
+use crate::log::Consumer;
 
 /// A named thread with a stop flag; dropping the handle stops and joins it.
 pub struct Background {
@@ -56,11 +58,64 @@ impl Drop for Background {
     }
 }
 
+/// How one turn of a consumer loop ended.
+pub enum Turn {
+    /// It read (and handed on) this many records.
+    Read(usize),
+    /// Asked to stop while downstream was failing: what is left goes at the next start.
+    Stopped,
+    /// Something of its own failed (reading the log, writing a quarantine file): the same
+    /// records are read again after a pause.
+    Failed(String),
+}
+
+/// A consumer thread: a turn reads a batch of records and hands it on until downstream took it.
+pub trait ConsumerLoop {
+    /// For log lines: `forwarder redis`, `database writer`.
+    fn label(&self) -> String;
+    fn consumer(&mut self) -> &mut Consumer;
+    fn drain(&self) -> &Drain;
+    fn beat(&self) -> &Heartbeat;
+    /// One turn; `wait`: how long the read may wait for new records.
+    fn turn(&mut self, wait: Duration) -> Turn;
+    /// The exit summary, logged once the cursor is saved.
+    fn summary(&self);
+}
+
+/// Runs `l` until it is stopped and drained: turns, the cursor saved at most every save
+/// interval and at the end, a pause of `retry` after its own failures.
+pub fn run_consumer(l: &mut impl ConsumerLoop, read_wait: Duration, retry: Duration) {
+    let label = l.label();
+    loop {
+        l.beat().beat();
+        if !l.drain().turn() {
+            break;
+        }
+        match l.turn(l.drain().read_wait(read_wait)) {
+            Turn::Read(0) if l.drain().draining() => break,
+            Turn::Read(_) => {}
+            Turn::Stopped => break,
+            Turn::Failed(e) => {
+                log::error!("{label}: {e}");
+                l.consumer().rewind();
+                l.drain().sleep(retry, l.beat());
+            }
+        }
+        if let Err(e) = l.consumer().save_if_due() {
+            log::error!("{label}: saving its cursor: {e}");
+        }
+    }
+    if let Err(e) = l.consumer().save() {
+        log::error!("{label}: saving its cursor at shutdown: {e}");
+    }
+    l.summary();
+}
+
 /// A consumer loop's view of shutdown: running, then draining for `time`, then done.
 pub struct Drain {
     stop: Arc<AtomicBool>,
     time: Duration,
-    until: Option<Instant>,
+    until: std::cell::Cell<Option<Instant>>,
 }
 
 impl Drain {
@@ -68,21 +123,21 @@ impl Drain {
         Drain {
             stop,
             time,
-            until: None,
+            until: std::cell::Cell::new(None),
         }
     }
 
     /// Once per loop turn: starts the drain clock when a stop came; false once it ran out (the
     /// rest goes at the next start).
-    pub fn turn(&mut self) -> bool {
-        if self.until.is_none() && self.stop.load(Ordering::SeqCst) {
-            self.until = Some(Instant::now() + self.time);
+    pub fn turn(&self) -> bool {
+        if self.until.get().is_none() && self.stop.load(Ordering::SeqCst) {
+            self.until.set(Some(Instant::now() + self.time));
         }
         !self.expired()
     }
 
     pub fn draining(&self) -> bool {
-        self.until.is_some()
+        self.until.get().is_some()
     }
 
     /// How long a read may wait for new records: `normal`, or not at all while draining.
@@ -95,7 +150,9 @@ impl Drain {
     }
 
     fn expired(&self) -> bool {
-        self.until.is_some_and(|until| Instant::now() >= until)
+        self.until
+            .get()
+            .is_some_and(|until| Instant::now() >= until)
     }
 
     /// While downstream is failing: stop retrying now (the drain ran out, or a stop came

@@ -31,7 +31,7 @@ use std::time::Duration;
 use super::row::{Columns, SessionRow};
 use super::{connect, is_data_error, PostgresConfig, RETRY_MAX, RETRY_MIN};
 use crate::admin::Heartbeat;
-use crate::background::{Background, Drain};
+use crate::background::{run_consumer, Background, ConsumerLoop, Drain, Turn};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::config::redact_url as redacted;
 use crate::log::{Consumer, LogRecord, RecordKind, SegmentName};
@@ -93,7 +93,7 @@ impl DbWriter {
         let stats = Arc::new(WriterStats::default());
         let shared = Arc::clone(&stats);
         let thread = Background::spawn("db-writer".into(), move |stop| {
-            Writer {
+            let mut writer = Writer {
                 consumer,
                 config,
                 quarantine_dir: data_dir.join(crate::compact::compactor::QUARANTINE_DIR),
@@ -102,8 +102,8 @@ impl DbWriter {
                 stats: shared,
                 client: None,
                 records: Vec::with_capacity(BATCH_RECORDS),
-            }
-            .run()
+            };
+            run_consumer(&mut writer, READ_WAIT, RETRY_MAX)
         })?;
         Ok(DbWriter { thread, stats })
     }
@@ -134,30 +134,32 @@ enum Halt {
     Local(String),
 }
 
-impl Writer {
-    fn run(&mut self) {
-        loop {
-            self.beat.beat();
-            if !self.drain.turn() {
-                break;
-            }
-            match self.turn(self.drain.read_wait(READ_WAIT)) {
-                Ok(0) if self.drain.draining() => break,
-                Ok(_) => {}
-                Err(Halt::Stopped) => break,
-                Err(Halt::Local(e)) => {
-                    log::error!("database writer: {e}");
-                    self.consumer.rewind();
-                    self.drain.sleep(RETRY_MAX, &self.beat);
-                }
-            }
-            if let Err(e) = self.consumer.save_if_due() {
-                log::error!("database writer: saving its cursor: {e}");
-            }
+impl ConsumerLoop for Writer {
+    fn label(&self) -> String {
+        "database writer".into()
+    }
+
+    fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    fn beat(&self) -> &Heartbeat {
+        &self.beat
+    }
+
+    fn turn(&mut self, wait: Duration) -> Turn {
+        match self.write_batch(wait) {
+            Ok(read) => Turn::Read(read),
+            Err(Halt::Stopped) => Turn::Stopped,
+            Err(Halt::Local(e)) => Turn::Failed(e),
         }
-        if let Err(e) = self.consumer.save() {
-            log::error!("database writer: saving its cursor at shutdown: {e}");
-        }
+    }
+
+    fn summary(&self) {
         let s = &self.stats;
         log::info!(
             "database writer: {} rows inserted ({} were there already) in {} statements (at \
@@ -170,10 +172,12 @@ impl Writer {
             s.errors.load(Ordering::Relaxed),
         );
     }
+}
 
+impl Writer {
     /// Reads one batch of records and inserts its rows until the database took them; returns
     /// how many records it read.
-    fn turn(&mut self, wait: Duration) -> Result<usize, Halt> {
+    fn write_batch(&mut self, wait: Duration) -> Result<usize, Halt> {
         self.records.clear();
         let cursor = self
             .consumer

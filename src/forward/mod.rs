@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Heartbeat;
-use crate::background::{Background, Drain};
+use crate::background::{run_consumer, Background, ConsumerLoop, Drain, Turn};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::log::{Consumer, LogError, LogRecord};
 pub use message::{Message, MessageError, Messages, Topics};
@@ -121,7 +121,7 @@ impl Forwarder {
         let name = format!("forward-{queue}");
         let shared = Arc::clone(&stats);
         let thread = Background::spawn(name, move |stop| {
-            Loop {
+            let mut forwarder = Loop {
                 consumer,
                 producer,
                 topics,
@@ -131,8 +131,8 @@ impl Forwarder {
                 stats: shared,
                 records: Vec::with_capacity(BATCH_RECORDS),
                 messages: Messages::default(),
-            }
-            .run()
+            };
+            run_consumer(&mut forwarder, READ_WAIT, RETRY_MAX)
         })?;
         Ok(Forwarder {
             thread,
@@ -160,31 +160,33 @@ struct Loop {
     messages: Messages,
 }
 
-impl Loop {
-    fn run(&mut self) {
+impl ConsumerLoop for Loop {
+    fn label(&self) -> String {
+        format!("forwarder {}", self.producer.name())
+    }
+
+    fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    fn beat(&self) -> &Heartbeat {
+        &self.beat
+    }
+
+    fn turn(&mut self, wait: Duration) -> Turn {
+        match self.send_batch(wait) {
+            Ok(read) => Turn::Read(read),
+            Err(TurnError::Stopped) => Turn::Stopped,
+            Err(TurnError::Log(e)) => Turn::Failed(format!("reading the log: {e}")),
+        }
+    }
+
+    fn summary(&self) {
         let name = self.producer.name();
-        loop {
-            self.beat.beat();
-            if !self.drain.turn() {
-                break;
-            }
-            match self.turn(self.drain.read_wait(READ_WAIT)) {
-                Ok(0) if self.drain.draining() => break,
-                Ok(_) => {}
-                Err(TurnError::Stopped) => break,
-                Err(TurnError::Log(e)) => {
-                    log::error!("forwarder {name}: reading the log: {e}");
-                    self.consumer.rewind();
-                    self.drain.sleep(RETRY_MAX, &self.beat);
-                }
-            }
-            if let Err(e) = self.consumer.save_if_due() {
-                log::error!("forwarder {name}: saving its cursor: {e}");
-            }
-        }
-        if let Err(e) = self.consumer.save() {
-            log::error!("forwarder {name}: saving its cursor at shutdown: {e}");
-        }
         let s = &self.stats;
         log::info!(
             "forwarder {name}: {} records as {} messages ({} bytes) this run, {} invalid not \
@@ -197,9 +199,11 @@ impl Loop {
             s.errors.load(Ordering::Relaxed),
         );
     }
+}
 
+impl Loop {
     /// Reads one batch and sends it until the queue took it; returns how many records it read.
-    fn turn(&mut self, wait: Duration) -> Result<usize, TurnError> {
+    fn send_batch(&mut self, wait: Duration) -> Result<usize, TurnError> {
         self.records.clear();
         let cursor = self
             .consumer
