@@ -100,17 +100,17 @@ fn smuggling_shapes_are_refused_and_the_connection_closed() {
         (
             format!("POST /v1/web/i HTTP/1.1\r\nHost: x\r\n{auth}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
             501,
-            "a coding before chunked",
+            "an unknown coding before a final chunked (RFC 9112 §6.1: 501)",
         ),
         (
             format!("POST /v1/web/i HTTP/1.1\r\nHost: x\r\n{auth}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
-            501,
-            "chunked not last",
+            400,
+            "chunked not last (RFC 9112 §6.3: 400 and close)",
         ),
         (
             format!("POST /v1/web/i HTTP/1.1\r\nHost: x\r\n{auth}\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
-            501,
-            "an unknown transfer coding",
+            400,
+            "an unknown coding, no chunked: the length cannot be known",
         ),
         (
             format!("POST /v1/web/i HTTP/1.1\r\nHost: x\r\n{auth}\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\nA\r\n0\r\n\r\n"),

@@ -117,8 +117,13 @@ pub enum HeadError {
     Malformed,
     /// Transfer-Encoding with Content-Length, or Content-Lengths that differ: 400.
     AmbiguousLength,
-    /// Any Transfer-Encoding other than exactly `chunked`: 501.
+    /// `chunked` last, after a transfer coding the node does not implement (`gzip, chunked`):
+    /// 501 (RFC 9112 §6.1).
     UnsupportedTransferEncoding,
+    /// A Transfer-Encoding whose final coding is not a single `chunked` (`chunked, identity`,
+    /// `identity`, `chunked, chunked`): the body's length cannot be known, 400 and close
+    /// (RFC 9112 §6.3).
+    UnframedBody,
     /// Content-Encoding other than gzip/identity: 415.
     UnsupportedEncoding,
     /// Expect other than 100-continue: 417.
@@ -131,7 +136,9 @@ impl HeadError {
     pub fn status(self) -> Status {
         match self {
             HeadError::TooLarge => Status::HeaderFieldsTooLarge,
-            HeadError::Malformed | HeadError::AmbiguousLength => Status::BadRequest,
+            HeadError::Malformed | HeadError::AmbiguousLength | HeadError::UnframedBody => {
+                Status::BadRequest
+            }
             HeadError::UnsupportedTransferEncoding => Status::NotImplemented,
             HeadError::UnsupportedEncoding => Status::UnsupportedMediaType,
             HeadError::BadExpect => Status::ExpectationFailed,
@@ -146,6 +153,7 @@ impl HeadError {
             HeadError::Malformed => "malformed request",
             HeadError::AmbiguousLength => "ambiguous message length",
             HeadError::UnsupportedTransferEncoding => "unsupported transfer encoding",
+            HeadError::UnframedBody => "transfer encoding does not end in chunked",
             HeadError::UnsupportedEncoding => "unsupported content encoding",
             HeadError::BadExpect => "unsupported expectation",
             HeadError::UnsupportedVersion => "HTTP version not supported",
@@ -198,8 +206,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         (Some(_), Some(_)) => return Err(HeadError::AmbiguousLength),
         // RFC 9112 §6.1: an HTTP/1.0 message cannot be chunked; its framing is faulty.
         (Some(_), None) if minor_version == 0 => return Err(HeadError::Malformed),
-        (Some(TransferCodings::ChunkedOnly), None) => BodyFraming::Chunked,
-        (Some(TransferCodings::Other), None) => return Err(HeadError::UnsupportedTransferEncoding),
+        (Some(codings), None) => match codings.framing() {
+            Ok(()) => BodyFraming::Chunked,
+            Err(e) => return Err(e),
+        },
         (None, Some(length)) => BodyFraming::Length(length),
         (None, None) => BodyFraming::None,
     };
@@ -315,10 +325,31 @@ struct FieldScan<'b> {
     real_ip: Option<&'b [u8]>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TransferCodings {
-    ChunkedOnly,
-    Other,
+/// The transfer codings of a request, across all its Transfer-Encoding fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TransferCodings {
+    chunked: u32,
+    others: u32,
+    last_is_chunked: bool,
+}
+
+impl TransferCodings {
+    /// Only a lone `chunked`, last, frames a body the node reads.
+    fn framing(self) -> Result<(), HeadError> {
+        match self {
+            TransferCodings {
+                chunked: 1,
+                others: 0,
+                last_is_chunked: true,
+            } => Ok(()),
+            TransferCodings {
+                chunked: 1,
+                last_is_chunked: true,
+                ..
+            } => Err(HeadError::UnsupportedTransferEncoding),
+            _ => Err(HeadError::UnframedBody),
+        }
+    }
 }
 
 impl<'b> FieldScan<'b> {
@@ -382,15 +413,19 @@ impl<'b> FieldScan<'b> {
         Ok(())
     }
 
-    /// Only a lone `chunked` is served: any other coding, or chunked applied twice or not last,
-    /// is a framing we will not guess at.
+    /// Counts the codings (see [`TransferCodings::framing`] for which framings are served).
     fn take_transfer_encoding(&mut self, value: &[u8]) {
+        let codings = self
+            .transfer_encoding
+            .get_or_insert_with(TransferCodings::default);
         for coding in value.split(|&b| b == b',').map(trim_ows) {
             let chunked = coding.eq_ignore_ascii_case(b"chunked");
-            self.transfer_encoding = match self.transfer_encoding {
-                None if chunked => Some(TransferCodings::ChunkedOnly),
-                _ => Some(TransferCodings::Other),
-            };
+            if chunked {
+                codings.chunked += 1;
+            } else {
+                codings.others += 1;
+            }
+            codings.last_is_chunked = chunked;
         }
     }
 
@@ -632,27 +667,23 @@ mod tests {
                 "Transfer-Encoding: gzip, chunked\r\n",
                 Err(UnsupportedTransferEncoding),
             ),
+            ("Transfer-Encoding: chunked, gzip\r\n", Err(UnframedBody)),
             (
-                "Transfer-Encoding: chunked, gzip\r\n",
-                Err(UnsupportedTransferEncoding),
+                "Transfer-Encoding: chunked, identity\r\n",
+                Err(UnframedBody),
             ),
-            (
-                "Transfer-Encoding: chunked, chunked\r\n",
-                Err(UnsupportedTransferEncoding),
-            ),
+            ("Transfer-Encoding: chunked, chunked\r\n", Err(UnframedBody)),
             (
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
-                Err(UnsupportedTransferEncoding),
+                Err(UnframedBody),
             ),
             (
-                "Transfer-Encoding: identity\r\n",
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
                 Err(UnsupportedTransferEncoding),
             ),
-            (
-                "Transfer-Encoding: chunkedx\r\n",
-                Err(UnsupportedTransferEncoding),
-            ),
-            ("Transfer-Encoding: \r\n", Err(UnsupportedTransferEncoding)),
+            ("Transfer-Encoding: identity\r\n", Err(UnframedBody)),
+            ("Transfer-Encoding: chunkedx\r\n", Err(UnframedBody)),
+            ("Transfer-Encoding: \r\n", Err(UnframedBody)),
             (
                 "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
                 Err(AmbiguousLength),
@@ -916,6 +947,7 @@ mod tests {
             (HeadError::Malformed, 400),
             (HeadError::AmbiguousLength, 400),
             (HeadError::UnsupportedTransferEncoding, 501),
+            (HeadError::UnframedBody, 400),
             (HeadError::UnsupportedEncoding, 415),
             (HeadError::BadExpect, 417),
             (HeadError::UnsupportedVersion, 505),
