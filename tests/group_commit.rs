@@ -26,6 +26,12 @@ struct Pipe {
     written: Vec<u8>,
 }
 
+impl replay_ingest::net::conn::HalfClose for Pipe {
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Read for Pipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.input.read(buf)? {

@@ -390,3 +390,41 @@ fn cors_preflight_with_the_trackers_headers() {
     let r = node.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+/// An answer that closes while the client is still sending (413 from `Content-Length`, 400 on a
+/// bad head) stays readable by a client that sends its whole body before it reads, as Python's
+/// `http.client` does: the node shuts its sending side and drops what still arrives (a lingering
+/// close) instead of resetting the connection.
+#[test]
+fn early_answers_that_close_are_readable_by_a_client_that_sends_everything_first() {
+    let node = Node::start();
+    let body = vec![b'x'; 8 << 20];
+    let heads = [
+        (
+            format!(
+                "POST /v1/web/start HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            413,
+        ),
+        (
+            format!(
+                "POST /v1/web/start HTTP/1.1\r\nHost: t\r\nContent-Length: +{}\r\n\r\n",
+                body.len()
+            ),
+            400,
+        ),
+    ];
+    for (head, status) in heads {
+        let mut s = node.connect();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body)
+            .unwrap_or_else(|e| panic!("{status}: sending the whole body: {e}"));
+        let answer = read_response(&mut s).unwrap_or_else(|| panic!("{status}: no answer"));
+        assert_eq!(answer.status, status);
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert!(is_closed(&mut s), "{status}: closed after the answer");
+    }
+    node.stop();
+}

@@ -41,6 +41,12 @@ pub struct ScriptedStream {
     flip: bool,
 }
 
+impl replay_ingest::net::conn::HalfClose for ScriptedStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Read for ScriptedStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.at == self.current.len() {

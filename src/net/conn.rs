@@ -64,6 +64,30 @@ impl Default for ReadBuffer {
 /// head or one burst of pipelined answers must not pin memory for the life of a keep-alive
 /// connection.
 const REMAINDER_KEEP: usize = 4096;
+/// A lingering close (see [`HalfClose`]) reads and drops what the client still sends for at
+/// most this long and this much, as nginx's `lingering_time` does, then closes.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// A socket whose sending side can be shut while its receiving side stays open.
+///
+/// An answer that closes the connection while the client is still sending (a 413 decided from
+/// `Content-Length`, a 400 on a bad head) would be lost if the socket were closed at once: the
+/// kernel answers the client's next bytes with a reset, and a client that sends its whole body
+/// before reading gets `ECONNRESET` instead of the answer. So the node closes as nginx does: it
+/// shuts its sending side once the answer is out (the client sees the end of the answer), then
+/// reads and drops what arrives until the client closes, or for [`LINGER_TIME`] and
+/// [`LINGER_BYTES`] at most.
+pub trait HalfClose {
+    /// Sends the end of the stream (FIN); reading stays possible.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl HalfClose for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -99,6 +123,8 @@ enum Phase {
     Head,
     Body,
     Closing,
+    /// The answer is out and the sending side shut: what the client still sends is dropped.
+    Lingering,
 }
 
 enum BufferFraming {
@@ -155,9 +181,13 @@ pub struct Conn<S = TcpStream> {
     /// The request being served: its route's metrics index and when its head was parsed.
     req_route: u8,
     req_started: Instant,
+    /// The client closed its sending side (a read returned 0).
+    peer_done: bool,
+    /// Bytes a lingering close may still drop.
+    linger_left: usize,
 }
 
-impl<S: Read + Write> Conn<S> {
+impl<S: Read + Write + HalfClose> Conn<S> {
     pub fn new(socket: S, peer: IpAddr, now: Instant, idle: Duration) -> Conn<S> {
         Conn {
             socket,
@@ -178,6 +208,8 @@ impl<S: Read + Write> Conn<S> {
             sync_hold: None,
             req_route: route_index(None),
             req_started: now,
+            peer_done: false,
+            linger_left: 0,
         }
     }
 
@@ -245,6 +277,8 @@ impl<S: Read + Write> Conn<S> {
     pub fn eviction_rank(&self) -> Option<(u8, Instant)> {
         match self.phase {
             Phase::Idle if self.out_pos == self.out.len() => Some((0, self.deadline)),
+            // Its answer is out: nothing of value is lost by closing it now.
+            Phase::Lingering => Some((0, self.deadline)),
             Phase::Head => Some((1, self.deadline)),
             _ => None,
         }
@@ -272,6 +306,9 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn drive_reads(&mut self, env: &mut Env<'_, '_>) -> Step {
+        if self.phase == Phase::Lingering {
+            return self.drop_input();
+        }
         let mut reads = 0;
         loop {
             // Whatever was read is processed before the budget can end the drive, so that
@@ -282,7 +319,11 @@ impl<S: Read + Write> Conn<S> {
             }
             let queued = self.out.len() - self.out_pos;
             if self.close_after_flush {
-                return if queued == 0 { Step::Close } else { Step::Wait };
+                return if queued == 0 {
+                    self.linger(env)
+                } else {
+                    Step::Wait
+                };
             }
             if queued > OUT_HIGH_WATER {
                 return Step::Wait;
@@ -299,6 +340,7 @@ impl<S: Read + Write> Conn<S> {
                 Ok(0) => {
                     // The peer is done sending. Answer what it asked, then close; a request
                     // cut short can never complete.
+                    self.peer_done = true;
                     self.close_after_flush = true;
                     if !matches!(self.state, State::Head) || self.start != self.end {
                         self.state = State::Closing;
@@ -306,6 +348,34 @@ impl<S: Read + Write> Conn<S> {
                     }
                 }
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// The answer is out and the connection must close: at once if the client has stopped
+    /// sending, else after a lingering close (see [`HalfClose`]).
+    fn linger(&mut self, env: &Env<'_, '_>) -> Step {
+        if self.peer_done || self.socket.shutdown_write().is_err() {
+            return Step::Close;
+        }
+        self.phase = Phase::Lingering;
+        self.deadline = env.now + LINGER_TIME;
+        self.linger_left = LINGER_BYTES;
+        self.drop_input()
+    }
+
+    /// Lingering: reads and drops input until the client closes, the byte allowance is spent,
+    /// or (the worker's sweep) the deadline passes.
+    fn drop_input(&mut self) -> Step {
+        self.start = self.end;
+        loop {
+            match self.socket.read(&mut self.inbuf[..]) {
+                Ok(0) => return Step::Close,
+                Ok(n) if n >= self.linger_left => return Step::Close,
+                Ok(n) => self.linger_left -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Step::Close,
@@ -641,6 +711,7 @@ impl<S: Read + Write> Conn<S> {
                 Phase::Idle => t.idle,
                 Phase::Head => t.head,
                 Phase::Body | Phase::Closing => t.body,
+                Phase::Lingering => LINGER_TIME,
             };
     }
 
