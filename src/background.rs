@@ -8,7 +8,7 @@
 //! retrying, when to exit. Runs on the thread it belongs to (the handle on main's).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +55,75 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// Sleeps `total` in steps of at most 50 ms, calling `each_step` before each (a heartbeat);
+/// returns early once `stop` is set.
+pub fn nap(stop: &AtomicBool, total: Duration, mut each_step: impl FnMut()) {
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::SeqCst) {
+        each_step();
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Retry delays while a downstream (a queue, the database) fails: doubling from the first to
+/// the last.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The delays between attempts against a failing downstream: [`RETRY_MIN`], doubling up to
+/// [`RETRY_MAX`].
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: RETRY_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt (and the one after it doubles).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(RETRY_MAX);
+        delay
+    }
+}
+
+/// A downstream's state as a consumer sees it: failed attempts counted, an outage logged once
+/// when it begins (the attempts after it at debug) and once when it ends.
+pub struct Outage<'a> {
+    /// For log lines: `forwarder redis`, `database writer`.
+    pub label: &'a str,
+    pub errors: &'a AtomicU64,
+    pub down: &'a AtomicBool,
+}
+
+impl Outage<'_> {
+    /// An attempt failed with `error`; `meanwhile` says what the node does about it.
+    pub fn failed(&self, error: &str, meanwhile: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            log::error!("{}: {error}; {meanwhile}", self.label);
+        } else {
+            log::debug!("{}: still failing: {error}", self.label);
+        }
+    }
+
+    /// An attempt succeeded; `back` is logged if it ends an outage.
+    pub fn succeeded(&self, back: &str) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            log::warn!("{}: {back}", self.label);
+        }
     }
 }
 
@@ -159,6 +228,12 @@ impl Drain {
     /// before the drain began); what was not handed on stays in the log for the next start.
     pub fn give_up(&self) -> bool {
         self.expired() || (!self.draining() && self.stop.load(Ordering::SeqCst))
+    }
+
+    /// After a failed attempt: waits the backoff's next delay, beating; false when the caller
+    /// must stop retrying instead (see [`Drain::give_up`]; the drain ran out while waiting).
+    pub fn retry_after(&self, backoff: &mut Backoff, beat: &Heartbeat) -> bool {
+        !(self.give_up() || self.sleep(backoff.next_delay(), beat))
     }
 
     /// Sleeps `delay` in short steps, beating; true when the drain ran out meanwhile. A stop

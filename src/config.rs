@@ -577,10 +577,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Decoded bytes accepted on the batch routes. The tracker fills batches up to 200,000 bytes
-    /// and sends one larger message in a batch of up to `beaconSizeLimit` (PROTOCOL.md).
+    /// Decoded bytes accepted on the batch routes (see [`batch_size_limit`]).
     pub fn batch_size_limit(&self) -> u64 {
-        self.beacon_size_limit.max(200_000)
+        batch_size_limit(self.beacon_size_limit)
     }
 
     /// The segment log's part of the settings.
@@ -740,10 +739,17 @@ impl LiveSettings {
     pub fn use_cors(&self) -> bool {
         self.use_cors.load(Ordering::Relaxed)
     }
-    /// Decoded bytes the batch routes accept (see [`Config::batch_size_limit`]).
+    /// Decoded bytes the batch routes accept (see [`batch_size_limit`]).
     pub fn batch_size_limit(&self) -> u64 {
-        self.beacon_size_limit().max(200_000)
+        batch_size_limit(self.beacon_size_limit())
     }
+}
+
+/// Decoded bytes accepted on the batch routes with `BEACON_SIZE_LIMIT` `beacon`. The tracker
+/// fills batches up to 200,000 bytes and sends one larger message in a batch of up to
+/// `beaconSizeLimit` (PROTOCOL.md).
+fn batch_size_limit(beacon: u64) -> u64 {
+    beacon.max(200_000)
 }
 
 impl Config {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::background::Background;
+use crate::background::{nap, Background};
 use crate::routes::NodeState;
 
 /// Tells systemd (when it is listening) what the node does now: one `STATUS=` line.
@@ -96,7 +96,7 @@ impl Watchdog {
                         every.as_millis()
                     );
                 }
-                sleep_unless_stopped(every, &stop);
+                nap(&stop, every, || {});
             }
         })?;
         Ok(Some(Watchdog {
@@ -108,15 +108,5 @@ impl Watchdog {
     /// The node is stopping: from now on the pings go on whatever the loops do.
     pub fn draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
-    }
-}
-
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
-    let step = Duration::from_millis(50);
-    let mut left = total;
-    while !left.is_zero() && !stop.load(Ordering::SeqCst) {
-        let now = left.min(step);
-        std::thread::sleep(now);
-        left -= now;
     }
 }

@@ -16,17 +16,7 @@ use common::{signal, wait_timeout, Node, BIN, SECRET};
 
 fn require_systemd_tools() {
     for tool in ["systemd-analyze", "systemd-socket-activate"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "these tests need {tool}: apt-get install systemd (./test.sh installs it when run \
-             as root)"
-        );
+        common::queues::require_from(tool, "--version", "systemd");
     }
 }
 

@@ -1,7 +1,8 @@
 //! Quarantine files: records set aside, each with why, for an operator to look at.
 //!
-//! In: records refused by the compactor (their framing does not walk) or by a forwarder (a
-//! value over its queue's size limit), with the reason. Out: one file
+//! In: records refused by the compactor (their framing does not walk), by a forwarder (a value
+//! over its queue's size limit) or by the database writer (a row the database refuses), with the
+//! reason. Out: one file
 //! `<data_dir>/quarantine/q-<unix ms>-<tag>.jsonl` per call, one JSON object a line (reason,
 //! session, kind, arrival, the segment and offset it came from, name, body in base64), synced
 //! with its directory before return. Thread: the caller's (compactor, forwarder).
@@ -13,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::log::{RecordMeta, SegmentName};
+use crate::log::{LogRecord, RecordMeta, SegmentName};
 
 /// One record set aside.
 pub struct Quarantined<'a> {
@@ -24,6 +25,23 @@ pub struct Quarantined<'a> {
     pub name: &'a [u8],
     pub body: &'a [u8],
     pub reason: String,
+}
+
+impl<'a> Quarantined<'a> {
+    /// `record`, as a consumer of the log read it, set aside for `reason`.
+    pub fn of(record: &'a LogRecord, reason: String) -> Quarantined<'a> {
+        Quarantined {
+            meta: record.meta,
+            segment: SegmentName {
+                worker: record.worker,
+                seq: record.segment_seq,
+            },
+            offset: record.offset,
+            name: &record.name,
+            body: &record.body,
+            reason,
+        }
+    }
 }
 
 /// Writes `records` to a new quarantine file in `dir` named with `tag`; durable on return.

@@ -31,9 +31,6 @@ pub const WRITER_CONSUMER: &str = "database";
 
 /// How long a connection attempt may take before the database counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Retry delays while the database is down: doubling from the first to the last.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// `POSTGRES_STRING` and what goes with it.
 #[derive(Clone, Debug)]

@@ -27,9 +27,9 @@ use anyhow::{bail, Context};
 use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{json, Value};
 
-use super::{connect, PostgresConfig, RETRY_MAX, RETRY_MIN};
+use super::{connect, PostgresConfig};
 use crate::admin::Heartbeat;
-use crate::background::Background;
+use crate::background::{nap, Background, Backoff, RETRY_MAX};
 use crate::config::redact_url as redacted;
 use crate::project::{Catalog, Platform, Project, Projects};
 
@@ -79,7 +79,7 @@ struct Loader {
 
 impl Loader {
     fn run(&mut self) {
-        let mut delay = RETRY_MIN;
+        let mut backoff = Backoff::default();
         let mut down_since: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) {
             let connected = Instant::now();
@@ -100,10 +100,9 @@ impl Loader {
                 log::debug!("projects: PostgreSQL still unreachable: {error:#}");
             }
             if connected.elapsed() > RETRY_MAX {
-                delay = RETRY_MIN;
+                backoff = Backoff::default();
             }
-            self.sleep(delay);
-            delay = (delay * 2).min(RETRY_MAX);
+            nap(&self.stop, backoff.next_delay(), || self.beat.beat());
         }
     }
 
@@ -251,18 +250,5 @@ impl Loader {
             }));
         }
         Ok(conditions)
-    }
-
-    /// Sleeps `delay` in short steps, beating; returns early when asked to stop.
-    fn sleep(&self, delay: Duration) {
-        let until = Instant::now() + delay;
-        while !self.stop.load(Ordering::SeqCst) {
-            self.beat.beat();
-            let now = Instant::now();
-            if now >= until {
-                return;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
     }
 }

@@ -29,12 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::row::{Columns, SessionRow};
-use super::{connect, is_data_error, PostgresConfig, RETRY_MAX, RETRY_MIN};
+use super::{connect, is_data_error, PostgresConfig};
 use crate::admin::Heartbeat;
-use crate::background::{run_consumer, Background, ConsumerLoop, Drain, Turn};
+use crate::background::{
+    run_consumer, Background, Backoff, ConsumerLoop, Drain, Outage, Turn, RETRY_MAX,
+};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::config::redact_url as redacted;
-use crate::log::{Consumer, LogRecord, RecordKind, SegmentName};
+use crate::log::{Consumer, LogRecord, RecordKind};
 
 /// Records one read takes at most (rows are a few of them, or all at a burst of starts).
 pub const BATCH_RECORDS: usize = 4096;
@@ -183,17 +185,13 @@ impl Writer {
             .consumer
             .read(&mut self.records, BATCH_RECORDS, BATCH_BYTES, wait)
             .map_err(|e| Halt::Local(format!("reading the log: {e}")))?;
-        let mut rows = Vec::new();
-        let mut unwritable = Vec::new();
+        let mut decoded = Vec::new();
         for (at, record) in self.records.iter().enumerate() {
             if record.meta.kind != RecordKind::SessionRow {
                 continue;
             }
             match SessionRow::decode(&record.body) {
-                Ok(row) => match row.columns() {
-                    Ok(_) => rows.push((at, row)),
-                    Err(e) => unwritable.push((at, e.to_string())),
-                },
+                Ok(row) => decoded.push((at, row)),
                 Err(e) => {
                     // The compactor quarantines it with the same reason.
                     self.stats.invalid.fetch_add(1, Ordering::Relaxed);
@@ -202,6 +200,15 @@ impl Writer {
                         record.meta.session_id
                     );
                 }
+            }
+        }
+        // Each row's column values, once for all the attempts.
+        let mut rows = Vec::with_capacity(decoded.len());
+        let mut unwritable = Vec::new();
+        for (at, row) in &decoded {
+            match row.columns() {
+                Ok(columns) => rows.push((*at, columns)),
+                Err(e) => unwritable.push((*at, e.to_string())),
             }
         }
         self.quarantine(&unwritable).map_err(Halt::Local)?;
@@ -218,34 +225,31 @@ impl Writer {
     }
 
     /// Inserts `rows` (each with its record's index), retrying while the database is down.
-    fn insert_until_done(&mut self, rows: &[(usize, SessionRow)]) -> Result<(), Halt> {
-        let mut delay = RETRY_MIN;
+    fn insert_until_done(&mut self, rows: &[(usize, Columns<'_>)]) -> Result<(), Halt> {
+        let stats = Arc::clone(&self.stats);
+        let outage = Outage {
+            label: "database writer",
+            errors: &stats.errors,
+            down: &stats.down,
+        };
+        let mut backoff = Backoff::default();
         loop {
             match self.insert_batch(rows) {
                 Ok(()) => {
-                    if self.stats.down.swap(false, Ordering::Relaxed) {
-                        log::warn!("database writer: PostgreSQL is back");
-                    }
+                    outage.succeeded("PostgreSQL is back");
                     return Ok(());
                 }
                 Err(Failure::Local(e)) => return Err(Halt::Local(e)),
                 Err(Failure::Database(e)) => {
+                    outage.failed(
+                        &format!("PostgreSQL at {}: {e}", redacted(&self.config.url)),
+                        "the log keeps the rows (and the forwarders wait behind them), retrying",
+                    );
                     self.client = None;
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !self.stats.down.swap(true, Ordering::Relaxed) {
-                        log::error!(
-                            "database writer: PostgreSQL at {}: {e}; the log keeps the rows \
-                             (and the forwarders wait behind them), retrying",
-                            redacted(&self.config.url)
-                        );
-                    } else {
-                        log::debug!("database writer: still failing: {e}");
-                    }
-                    if self.drain.give_up() || self.drain.sleep(delay, &self.beat) {
+                    if !self.drain.retry_after(&mut backoff, &self.beat) {
                         self.consumer.rewind();
                         return Err(Halt::Stopped);
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                     // What committed before the outage is saved, so that retention frees it.
                     if let Err(e) = self.consumer.save_if_due() {
                         log::error!("database writer: saving its cursor: {e}");
@@ -256,13 +260,8 @@ impl Writer {
     }
 
     /// One attempt: all rows in one statement; if the database refuses the data, row by row.
-    fn insert_batch(&mut self, rows: &[(usize, SessionRow)]) -> Result<(), Failure> {
-        // `turn` kept only rows whose columns convert.
-        let columns: Vec<(usize, Columns<'_>)> = rows
-            .iter()
-            .filter_map(|(at, row)| Some((*at, row.columns().ok()?)))
-            .collect();
-        let all: Vec<&Columns<'_>> = columns.iter().map(|(_, c)| c).collect();
+    fn insert_batch(&mut self, rows: &[(usize, Columns<'_>)]) -> Result<(), Failure> {
+        let all: Vec<&Columns<'_>> = rows.iter().map(|(_, c)| c).collect();
         match self.execute(&all) {
             Ok(inserted) => {
                 self.count(all.len(), inserted);
@@ -270,7 +269,7 @@ impl Writer {
             }
             Err(e) if is_data_error(&e) => {
                 let mut refused = Vec::new();
-                for (at, c) in &columns {
+                for (at, c) in rows {
                     match self.execute(&[c]) {
                         Ok(inserted) => self.count(1, inserted),
                         Err(e) if is_data_error(&e) => refused.push((*at, describe(&e))),
@@ -371,17 +370,7 @@ impl Writer {
                     "database writer: quarantined the row of session {}: {reason}",
                     record.meta.session_id
                 );
-                Quarantined {
-                    meta: record.meta,
-                    segment: SegmentName {
-                        worker: record.worker,
-                        seq: record.segment_seq,
-                    },
-                    offset: record.offset,
-                    name: &record.name,
-                    body: &record.body,
-                    reason: reason.clone(),
-                }
+                Quarantined::of(record, reason.clone())
             })
             .collect();
         quarantine::write(&self.quarantine_dir, "database", &entries)

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Heartbeat;
-use crate::background::{run_consumer, Background, ConsumerLoop, Drain, Turn};
+use crate::background::{run_consumer, Background, Backoff, ConsumerLoop, Drain, Outage, Turn};
 use crate::compact::quarantine::{self, Quarantined};
 use crate::log::{Consumer, LogError, LogRecord};
 pub use message::{Message, MessageError, Messages, Topics};
@@ -54,9 +54,7 @@ pub const BATCH_RECORDS: usize = 1024;
 pub const BATCH_BYTES: usize = 8 << 20;
 /// How long one read waits for new records before the loop turns (beats, checks for stop).
 pub const READ_WAIT: Duration = Duration::from_millis(200);
-/// Retry delays while the queue is down: doubling from the first to the last.
-pub const RETRY_MIN: Duration = Duration::from_millis(100);
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+pub use crate::background::{RETRY_MAX, RETRY_MIN};
 /// At shutdown, how long the forwarder keeps sending what is left in the log before it saves
 /// its cursor and stops (the rest goes at the next start).
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
@@ -238,36 +236,31 @@ impl Loop {
                 return Ok(self.records.len());
             }
         }
-        let mut delay = RETRY_MIN;
+        let label = self.label();
+        let outage = Outage {
+            label: &label,
+            errors: &self.stats.errors,
+            down: &self.stats.down,
+        };
+        let mut backoff = Backoff::default();
         while !self.messages.is_empty() {
             match self.producer.send(self.messages.as_slice()) {
                 Ok(()) => {
-                    if self.stats.down.swap(false, Ordering::Relaxed) {
-                        log::warn!("forwarder {}: the queue is back", self.producer.name());
-                    }
+                    outage.succeeded("the queue is back");
                     break;
                 }
                 Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !self.stats.down.swap(true, Ordering::Relaxed) {
-                        log::error!(
-                            "forwarder {}: {e}; the log keeps the backlog, retrying",
-                            self.producer.name()
-                        );
-                    } else {
-                        log::debug!("forwarder {}: still down: {e}", self.producer.name());
-                    }
+                    outage.failed(&e.to_string(), "the log keeps the backlog, retrying");
                     // Stopping while the queue is down: what was not sent stays unacknowledged
                     // (the cursor does not move) and goes at the next start.
-                    if self.drain.give_up() || self.drain.sleep(delay, &self.beat) {
+                    if !self.drain.retry_after(&mut backoff, &self.beat) {
                         self.consumer.rewind();
                         return Err(TurnError::Stopped);
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                     // What was acknowledged before the outage is saved, so that retention
                     // frees it and `ls` shows the backlog from there.
                     if let Err(e) = self.consumer.save_if_due() {
-                        log::error!("forwarder {}: saving its cursor: {e}", self.producer.name());
+                        log::error!("{label}: saving its cursor: {e}");
                     }
                 }
             }
@@ -296,17 +289,7 @@ impl Loop {
                     self.producer.name(),
                     record.meta.session_id
                 );
-                Quarantined {
-                    meta: record.meta,
-                    segment: crate::log::SegmentName {
-                        worker: record.worker,
-                        seq: record.segment_seq,
-                    },
-                    offset: record.offset,
-                    name: &record.name,
-                    body: &record.body,
-                    reason: reason.clone(),
-                }
+                Quarantined::of(record, reason.clone())
             })
             .collect();
         quarantine::write(&self.quarantine_dir, self.producer.name(), &entries)

@@ -38,6 +38,11 @@ impl Entry {
 
 /// Fails the test, saying how to install it, when `tool` does not run (`tool version_arg`).
 pub fn require(tool: &str, version_arg: &str) {
+    require_from(tool, version_arg, tool);
+}
+
+/// [`require`] for a tool that Debian's `package` installs.
+pub fn require_from(tool: &str, version_arg: &str, package: &str) {
     let found = Command::new(tool)
         .arg(version_arg)
         .stdout(Stdio::null())
@@ -46,7 +51,7 @@ pub fn require(tool: &str, version_arg: &str) {
         .is_ok_and(|s| s.success());
     assert!(
         found,
-        "these tests need a real {tool}: apt-get install {tool} (./test.sh installs it when \
+        "these tests need a real {tool}: apt-get install {package} (./test.sh installs it when \
          run as root)"
     );
 }
