@@ -50,6 +50,12 @@ trap 'exit 130' INT TERM
 (cd "$HERE" && cargo build --release --locked -q)
 BENCH=$HERE/target/release/replay-bench
 kv() { local v; v=$(tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1); echo "${v:-0}"; }
+# The request path's CPU time: the worker-N threads and the prepare-N threads they hand heavy
+# requests to (builds before the preparation pool have none).
+request_path_us() {
+  local line; line=$("$BENCH" threads --pid "$1")
+  echo $(( $(echo "$line" | kv worker_us) + $(echo "$line" | kv prepare_us) ))
+}
 TOKEN=$(python3 "$(cd "$ROOT/.." && pwd)/shared/peers/mktoken.py" "$SECRET" 4242)
 
 printf 'round\tsize\tbuild\treq_s\tworker_us_per_req\n' > "$TMP/runs.tsv"
@@ -66,10 +72,10 @@ for round in $(seq 1 "$ROUNDS"); do
       NPID=$!; PIDS+=("$NPID")
       for _ in $(seq 1 100); do curl -s -m 1 "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
       log "round $round, $size, $build"
-      w0=$("$BENCH" threads --pid "$NPID" | kv worker_us)
+      w0=$(request_path_us "$NPID")
       STAT=$("$BENCH" fixed --url "http://127.0.0.1:$PORT" -c 64 -d "${SECS}s" --size "$size" \
              --token "$TOKEN" 2>/dev/null | grep '^BENCHSTAT')
-      w1=$("$BENCH" threads --pid "$NPID" | kv worker_us)
+      w1=$(request_path_us "$NPID")
       stop_pid "$NPID" 60; rm -rf "$DATA"
       python3 - "$round" "$size" "$build" "$STAT" "$w0" "$w1" >> "$TMP/runs.tsv" <<'EOF'
 import sys

@@ -125,7 +125,7 @@ if ingests:
                 f"| {fx(ratio(m(t, s, 'cpu'), m('refgo', s, 'cpu')))} |"
             )
 
-    print("\nreplay-ingest CPU per request by thread, µs (medians): the request path (worker-N threads)")
+    print("\nreplay-ingest CPU per request by thread, µs (medians): the request path (worker-N and prepare-N threads)")
     print("and the background (compactor, segment-service, the rest: main thread, exited threads)")
     print("during the load; then the background's CPU while the compactor caught up after the load.\n")
     print("| scenario | target | request path | compactor | segment-service | other | background during | background catch-up | total with catch-up | catch-up s |")

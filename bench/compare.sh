@@ -12,9 +12,9 @@
 # with fixed 1/8/64 KiB bodies through ../shared/peers/wrk/post.lua, then our generator's
 # tracker mix at -c64; ingest-fsync only the --fsync-scenarios), each scenario against a freshly
 # started server. The server's CPU time (utime+stime of its process tree, from /proc) is sampled
-# around every run; for replay-ingest also per thread name (worker-N: the request path; the
-# compactor, the segment service and the rest: the background), then the script waits for the
-# compactor to catch up (its lag in /health/ready back to 0, at most --catch-up seconds),
+# around every run; for replay-ingest also per thread name (worker-N and prepare-N: the request
+# path; the compactor, the segment service and the rest: the background), then the script waits
+# for the compactor to catch up (its lag in /health/ready back to 0, at most --catch-up seconds),
 # samples again, stops the node and reads its exit summary (compactor bytes in and out,
 # segment files, group commits). At the end: a table of medians with ratios against nginx and
 # the Go reference, the CPU split, fsync against os, the compactor against ingest, the goal
@@ -209,11 +209,12 @@ kv() { local v; v=$(tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1); echo "${v:-0}"
 
 proc_cpu_us() { "$BENCH_BIN" proc --pid "$SERVER_PID" | kv cpu_us; }
 
-# replay-ingest's CPU by thread name: "total worker compactor segment-service" in µs.
+# replay-ingest's CPU by thread name: "total request-path compactor segment-service" in µs; the
+# request path is the worker-N threads and the prepare-N threads they hand gzip bodies to.
 threads_us() {
   local line
   line=$("$BENCH_BIN" threads --pid "$SERVER_PID" 2>/dev/null || true)
-  echo "$(echo "$line" | kv total_us) $(echo "$line" | kv worker_us) $(echo "$line" | kv compactor_us) $(echo "$line" | kv segment-service_us)"
+  echo "$(echo "$line" | kv total_us) $(( $(echo "$line" | kv worker_us) + $(echo "$line" | kv prepare_us) )) $(echo "$line" | kv compactor_us) $(echo "$line" | kv segment-service_us)"
 }
 
 # results.tsv, one line per run. For replay-ingest also: CPU during the run by thread group

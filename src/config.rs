@@ -26,6 +26,9 @@ use crate::log::{BudgetSetting, Durability, LogConfig};
 pub struct Config {
     pub listen: SocketAddr,
     pub workers: usize,
+    /// Threads that inflate gzip bodies and do other heavy per-request work off the workers'
+    /// loops (`net::prepare`).
+    pub prepare_threads: usize,
     pub data_dir: PathBuf,
     pub projects_file: Option<PathBuf>,
     /// `None`: generate one and keep it in the data directory.
@@ -64,6 +67,8 @@ pub struct Config {
     pub ready_max_lag: Duration,
     /// Test-only: worker 0 stops making progress this long after it starts (the watchdog test).
     pub test_wedge_worker_after: Option<Duration>,
+    /// Test-only: each preparation job waits for this file to exist (the off-loop tests).
+    pub test_prepare_gate: Option<PathBuf>,
     /// The admin listener: `/metrics` and the health endpoints.
     pub admin_listen: SocketAddr,
     /// Log one request in this many (0: none).
@@ -92,6 +97,10 @@ pub struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Threads that inflate gzip bodies, parse uploads and new user agents off the workers'
+    /// loops (default: one per worker).
+    #[arg(long)]
+    pub prepare_threads: Option<usize>,
     /// Where segments, the generated token secret and the demo project live (default ./data).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -228,6 +237,10 @@ pub struct ServeArgs {
     /// sees the systemd watchdog pings stop. Never set it in a deployment.
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub test_wedge_worker_after: Option<Duration>,
+    /// Test-only: every preparation job (gzip inflation, ...) waits until this file exists, so
+    /// that a test can see the workers keep serving meanwhile. Never set it in a deployment.
+    #[arg(long, hide = true)]
+    pub test_prepare_gate: Option<PathBuf>,
 }
 
 /// The config file: the same names as the flags.
@@ -236,6 +249,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<SocketAddr>,
     workers: Option<usize>,
+    prepare_threads: Option<usize>,
     data_dir: Option<PathBuf>,
     projects: Option<PathBuf>,
     token_secret: Option<String>,
@@ -391,6 +405,10 @@ impl Config {
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be 1-256"));
         }
+        let prepare_threads = a.prepare_threads.or(f.prepare_threads).unwrap_or(workers);
+        if prepare_threads == 0 || prepare_threads > 256 {
+            return Err(ConfigError::Invalid("prepare_threads must be 1-256"));
+        }
         let segment_size = a
             .segment_size
             .or(f.segment_size)
@@ -401,6 +419,7 @@ impl Config {
         let config = Config {
             listen,
             workers,
+            prepare_threads,
             data_dir: a
                 .data_dir
                 .clone()
@@ -536,6 +555,7 @@ impl Config {
                 .or(f.ready_max_lag)
                 .unwrap_or(crate::admin::health::DEFAULT_READY_MAX_LAG),
             test_wedge_worker_after: a.test_wedge_worker_after,
+            test_prepare_gate: a.test_prepare_gate.clone(),
             admin_listen: a
                 .admin_listen
                 .or(f.admin_listen)
@@ -763,6 +783,10 @@ impl Config {
         };
         check("listen", self.listen != new.listen);
         check("workers", self.workers != new.workers);
+        check(
+            "prepare_threads",
+            self.prepare_threads != new.prepare_threads,
+        );
         check("data_dir", self.data_dir != new.data_dir);
         check("token_secret", self.token_secret != new.token_secret);
         check("shard", self.shard != new.shard);

@@ -31,6 +31,8 @@
 //! libraries) and uap-core "Spider" devices are refused rather than recorded as sessions, and the
 //! device type tells tablets from phones (the Go service calls every iOS/Android agent "mobile").
 
+use std::collections::HashMap;
+
 /// uap-core regexes, converted from YAML; see the module doc.
 const UAP_CORE_REGEXES: &str = include_str!("useragent/regexes.json");
 
@@ -130,6 +132,43 @@ impl UserAgentParser {
             browser: browser_name.to_owned(),
             device: device.to_owned(),
         })
+    }
+}
+
+/// A worker's memory of the agents it has parsed. Real traffic comes from comparatively few
+/// distinct agents and a parse costs about 11 µs (`benches/request_path.rs`), so a start whose
+/// agent is here costs a hash lookup, and one whose agent is not is prepared off the worker's
+/// loop (`net::prepare`). Keyed by the part of the agent a parse reads (at most
+/// [`MAX_PARSED_LEN`] bytes); bounded: when full it starts over, so a client sending a new agent
+/// with every start costs a parse each time, never memory.
+#[derive(Default)]
+pub struct AgentCache {
+    parsed: HashMap<Box<str>, Option<UserAgentInfo>>,
+}
+
+const AGENT_CACHE_ENTRIES: usize = 1024;
+
+impl AgentCache {
+    /// The parse of `user_agent`, if this cache has it.
+    pub fn get(&self, user_agent: &str) -> Option<&Option<UserAgentInfo>> {
+        self.parsed.get(clip(user_agent.trim()))
+    }
+
+    pub fn insert(&mut self, user_agent: &str, info: Option<UserAgentInfo>) {
+        if self.parsed.len() >= AGENT_CACHE_ENTRIES {
+            self.parsed.clear();
+        }
+        self.parsed.insert(clip(user_agent.trim()).into(), info);
+    }
+
+    /// The parse of `user_agent`, from this cache or from `parser` (then remembered).
+    pub fn parse(&mut self, parser: &UserAgentParser, user_agent: &str) -> Option<UserAgentInfo> {
+        if let Some(info) = self.get(user_agent) {
+            return info.clone();
+        }
+        let info = parser.parse(user_agent);
+        self.insert(user_agent, info.clone());
+        info
     }
 }
 
@@ -470,6 +509,27 @@ mod tests {
         for (parts, expected) in cases {
             assert_eq!(dotted(*parts), *expected, "{parts:?}");
         }
+    }
+
+    #[test]
+    fn the_cache_answers_as_the_parser_and_stays_bounded() {
+        let parser = parser();
+        let mut cache = AgentCache::default();
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                      Chrome/131.0.0.0 Safari/537.36";
+        assert!(cache.get(chrome).is_none());
+        assert_eq!(cache.parse(parser, chrome), parser.parse(chrome));
+        assert_eq!(cache.get(chrome), Some(&parser.parse(chrome)));
+        // Refusals are remembered too, and agents differing past the parsed prefix share one entry.
+        assert_eq!(cache.parse(parser, "curl/8.5.0"), None);
+        assert_eq!(cache.get("curl/8.5.0"), Some(&None));
+        let long = format!("{chrome} {}", "x".repeat(MAX_PARSED_LEN));
+        cache.insert(&long, None);
+        assert_eq!(cache.get(&format!("{long}yz")), Some(&None));
+        for i in 0..3 * AGENT_CACHE_ENTRIES {
+            cache.insert(&format!("agent {i}"), None);
+        }
+        assert!(cache.parsed.len() <= AGENT_CACHE_ENTRIES);
     }
 
     #[test]

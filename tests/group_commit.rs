@@ -19,6 +19,7 @@ use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
 use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::{NodeState, WorkerCtx};
 use replay_ingest::token::{SessionToken, TokenSigner};
+use replay_ingest::useragent::AgentCache;
 
 /// A socket whose peer has sent `input` and reads everything written.
 struct Pipe {
@@ -69,6 +70,7 @@ struct Rig {
     token: String,
     rbuf: ReadBuffer,
     scratch: Vec<u8>,
+    agents: AgentCache,
     service: SegmentService,
     _dir: tempfile::TempDir,
 }
@@ -108,6 +110,7 @@ impl Rig {
             token,
             rbuf: ReadBuffer::default(),
             scratch: Vec::new(),
+            agents: AgentCache::default(),
             service,
             _dir: dir,
         }
@@ -134,6 +137,7 @@ impl Rig {
             metrics: &metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
+            agents: &mut self.agents,
         };
         let mut env = Env {
             ctx: &mut ctx,
@@ -145,6 +149,9 @@ impl Rig {
                 body: Duration::from_secs(60),
                 idle: Duration::from_secs(75),
             },
+            // No preparation pool: heavy requests finish inline, as when the pool is full.
+            pool: None,
+            key: 0,
         };
         conn.drive(&mut env)
     }

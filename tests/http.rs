@@ -428,3 +428,159 @@ fn early_answers_that_close_are_readable_by_a_client_that_sends_everything_first
     }
     node.stop();
 }
+
+/// A node whose preparation jobs (gzip inflation and the other heavy work) wait at a gate the
+/// test opens: one worker, one preparation thread.
+fn gated_node() -> (Node, std::path::PathBuf, tempfile::TempDir) {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("open");
+    let node = Node::builder()
+        .workers(1)
+        .arg("--prepare-threads")
+        .arg("1")
+        .arg("--test-prepare-gate")
+        .arg(gate.to_str().unwrap())
+        .start();
+    (node, gate, gate_dir)
+}
+
+fn gzip_batch_request(token: &str, body: &[u8]) -> Vec<u8> {
+    post_request(
+        "/v1/web/i",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gzip(body),
+    )
+}
+
+fn prepared_counts(node: &Node) -> (f64, f64) {
+    let (_, text) = node.admin_get("/metrics");
+    (
+        metric_sample(&text, "replay_ingest_requests_prepared_off_loop_total"),
+        metric_sample(&text, "replay_ingest_requests_prepared_inline_total"),
+    )
+}
+
+/// Issue 13: no request waits for another request's gzip inflation. While one connection's gzip
+/// batch is held at the preparation gate, the only worker keeps answering other connections;
+/// the held connection's pipelined requests are answered after it, in order, and every record
+/// is stored once.
+#[test]
+fn a_gzip_batch_being_inflated_holds_up_only_its_own_connection() {
+    let (node, gate, _gate_dir) = gated_node();
+    let expires = now_ms() + 3_600_000;
+    let (held_token, other_token) = (mint_token(701, 0, expires), mint_token(702, 0, expires));
+    let first = walkable_batch(1, 1, b"first, gzip");
+    let second = walkable_batch(1, 2, b"second, plain");
+    let mut held = node.connect();
+    let mut pipelined = gzip_batch_request(&held_token, &first);
+    pipelined.extend(batch_request(&held_token, "player", "", &second));
+    pipelined.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    held.write_all(&pipelined).unwrap();
+    wait_for(
+        "the gzip batch to reach the pool",
+        Duration::from_secs(10),
+        || prepared_counts(&node).0 == 1.0,
+    );
+
+    let other = walkable_batch(1, 1, b"other");
+    for _ in 0..3 {
+        let r = node.request(&batch_request(&other_token, "player", "", &other));
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        node.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
+    held.set_nonblocking(true).unwrap();
+    let mut peek = [0u8; 1];
+    let nothing = held.peek(&mut peek).unwrap_err();
+    assert_eq!(
+        nothing.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "no answer before the gate"
+    );
+    let stored_701 = |node: &Node| {
+        node.ls()
+            .iter()
+            .filter(|r| r["session"].as_str() == Some("701"))
+            .count()
+    };
+    assert_eq!(
+        stored_701(&node),
+        0,
+        "nothing of the held connection stored yet"
+    );
+    held.set_nonblocking(false).unwrap();
+
+    std::fs::write(&gate, b"").unwrap();
+    for _ in 0..3 {
+        assert_eq!(read_response(&mut held).unwrap().status, 200);
+    }
+    assert_eq!(node.cat(701, Some("raw")), [first, second].concat());
+    assert_eq!(node.cat(702, Some("raw")), other.repeat(3));
+    assert_eq!(prepared_counts(&node), (1.0, 0.0));
+    node.stop();
+}
+
+/// When the pool's queue is full the worker inflates the batch itself: every request is still
+/// answered and stored once, the ones done inline without waiting for the gate; and a gzip bomb
+/// prepared by the pool is refused, 413, with nothing stored.
+#[test]
+fn a_full_preparation_queue_is_worked_off_by_the_worker() {
+    let (node, gate, _gate_dir) = gated_node();
+    let token = mint_token(801, 0, now_ms() + 3_600_000);
+    let batches: Vec<Vec<u8>> = (0..24)
+        .map(|i| walkable_batch(1, i + 1, format!("batch {i}").as_bytes()))
+        .collect();
+    let mut conns = Vec::new();
+    for batch in &batches {
+        let mut s = node.connect();
+        s.write_all(&gzip_batch_request(&token, batch)).unwrap();
+        conns.push(s);
+    }
+    wait_for("every batch taken", Duration::from_secs(10), || {
+        let (off, inline) = prepared_counts(&node);
+        off + inline == 24.0
+    });
+    let (off, inline) = prepared_counts(&node);
+    // One job at the gate and sixteen queued (the queue holds 16 per thread); the rest inline.
+    assert!((16.0..=17.0).contains(&off), "{off} off the loop");
+    // Those done inline are answered while the pool is still shut, and only those.
+    let answered = |conns: &mut Vec<std::net::TcpStream>| {
+        conns
+            .iter_mut()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let ready = s.peek(&mut [0u8; 1]).is_ok();
+                s.set_nonblocking(false).unwrap();
+                ready
+            })
+            .count() as f64
+    };
+    assert!(inline >= 7.0, "{inline} inline");
+    wait_for("the inline answers", Duration::from_secs(10), || {
+        answered(&mut conns) == inline
+    });
+
+    std::fs::write(&gate, b"").unwrap();
+    for s in &mut conns {
+        assert_eq!(read_response(s).unwrap().status, 200);
+    }
+    // Stored once each; `cat` puts a page's batches in firstIndex order.
+    assert_eq!(node.cat(801, Some("raw")), batches.concat());
+    let bomb = gzip(&vec![0u8; 3_000_000]);
+    let r = node.post(
+        "/v1/web/i",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Encoding", "gzip"),
+        ],
+        &bomb,
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(node.cat(801, Some("raw")), batches.concat());
+    node.stop();
+}

@@ -3,18 +3,7 @@
 
 mod common;
 
-use common::{batch_request, walkable_batch, Node};
-
-/// The value of the sample `name` (with its labels exactly as written), 0 when absent.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
+use common::{batch_request, metric_sample as sample, walkable_batch, Node};
 
 #[test]
 fn metrics_move_with_the_traffic() {

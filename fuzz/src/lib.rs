@@ -17,6 +17,7 @@ use replay_ingest::log::{LogConfig, SegmentService, SegmentWriter};
 use replay_ingest::net::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
 use replay_ingest::project::{Catalog, Projects};
 use replay_ingest::routes::{NodeState, WorkerCtx};
+use replay_ingest::useragent::AgentCache;
 
 /// The token secret the seeds' tokens are signed with (see `make_seeds.py`).
 pub const SECRET: &str = "fuzz-secret";
@@ -89,6 +90,7 @@ pub struct Harness {
     node: Arc<NodeState>,
     log: SegmentWriter,
     scratch: Vec<u8>,
+    agents: AgentCache,
     rbuf: ReadBuffer,
     dir: tempfile::TempDir,
     _service: SegmentService,
@@ -133,6 +135,7 @@ impl Harness {
             node,
             log,
             scratch: Vec::new(),
+            agents: AgentCache::default(),
             rbuf: ReadBuffer::default(),
             dir,
             _service: service,
@@ -177,6 +180,7 @@ impl Harness {
             metrics: &metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
+            agents: &mut self.agents,
         };
         let mut env = Env {
             ctx: &mut ctx,
@@ -188,6 +192,9 @@ impl Harness {
                 body: Duration::from_secs(60),
                 idle: Duration::from_secs(75),
             },
+            // No preparation pool: heavy requests finish inline, as when the pool is full.
+            pool: None,
+            key: 0,
         };
         // Bounded: each drive consumes a chunk, writes, or ends the connection. Once the input is
         // over, a few more drives let choppy writes flush before giving up on a waiting peer.

@@ -93,6 +93,10 @@ pub struct WorkerMetrics {
     pub timeouts: AtomicU64,
     pub sessions_started: AtomicU64,
     pub sampled_out: AtomicU64,
+    /// Heavy requests handed to the preparation pool, and those the worker did itself because
+    /// the pool's queue was full.
+    pub prepared_off_loop: AtomicU64,
+    pub prepared_inline: AtomicU64,
     // Published by the worker once per turn from its segment writer's own counts.
     records_written: AtomicU64,
     bytes_written: AtomicU64,
@@ -302,6 +306,18 @@ impl Collector for Sources {
             "timeouts",
             "Connections closed for a head, body or idle timeout",
             m.sum(|w| &w.timeouts),
+        )?;
+        counter(
+            e,
+            "requests_prepared_off_loop",
+            "Heavy requests (gzip, multipart, an agent not parsed before) prepared by the pool",
+            m.sum(|w| &w.prepared_off_loop),
+        )?;
+        counter(
+            e,
+            "requests_prepared_inline",
+            "Heavy requests a worker prepared itself because the pool's queue was full",
+            m.sum(|w| &w.prepared_inline),
         )?;
         counter(
             e,

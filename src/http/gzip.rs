@@ -1,7 +1,8 @@
 //! `Content-Encoding: gzip` bodies, inflated into a caller's buffer with a hard cap.
 //!
 //! Enters: a complete compressed body and the space it may decode into (a slice of the segment
-//! mapping, or a scratch buffer). Leaves: the decoded length, or why decoding stopped. Runs on the
+//! mapping, a scratch buffer, or a vector of its own). Leaves: the decoded bytes' length, or why
+//! decoding stopped. Runs on a preparation thread (`net::prepare`) or, when those are busy, on the
 //! worker that owns the request. The cap is the route's decoded limit: a few kilobytes of gzip
 //! can claim gigabytes (a gzip bomb), so decoding stops the moment the output would not fit.
 
@@ -36,6 +37,22 @@ pub fn inflate_capped(body: &[u8], dst: &mut [u8]) -> Result<usize, InflateError
     }
 }
 
+/// Inflates `body` into a vector of its own, at most `limit` decoded bytes.
+pub fn inflate_to_vec(body: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+    // The last member's trailer says its decoded size (mod 2^32): a hint for one allocation
+    // instead of a doubling series, bounded by the cap whatever the client wrote there.
+    let hint = body.len().checked_sub(4).map_or(0, |at| {
+        u32::from_le_bytes(body[at..].try_into().unwrap()) as usize
+    });
+    let mut out = Vec::with_capacity(hint.min(limit) + 1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
+    match decoder.read_to_end(&mut out) {
+        Err(_) => Err(InflateError::Corrupt),
+        Ok(n) if n > limit => Err(InflateError::TooLarge),
+        Ok(_) => Ok(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +82,26 @@ mod tests {
             inflate_capped(&bomb[..bomb.len() - 9], &mut dst),
             Err(InflateError::Corrupt)
         );
+    }
+
+    #[test]
+    fn inflation_into_a_vector_is_capped_alike() {
+        let bomb = gzip(&vec![7u8; 100_000]);
+        assert_eq!(inflate_to_vec(&bomb, 100_000), Ok(vec![7u8; 100_000]));
+        assert_eq!(inflate_to_vec(&bomb, 99_999), Err(InflateError::TooLarge));
+        assert_eq!(inflate_to_vec(b"not gzip", 10), Err(InflateError::Corrupt));
+        assert_eq!(
+            inflate_to_vec(&bomb[..bomb.len() - 9], 100_000),
+            Err(InflateError::Corrupt)
+        );
+        // A trailer claiming 4 GiB is only a hint, capped; the stream is still checked.
+        let mut lying = gzip(b"abc");
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(inflate_to_vec(&lying, 16), Err(InflateError::Corrupt));
+        let mut two = gzip(b"abc");
+        two.extend(gzip(b"def"));
+        assert_eq!(inflate_to_vec(&two, 6).as_deref(), Ok(&b"abcdef"[..]));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod multipart;
 pub mod response;
 
 pub use chunked::{ChunkError, ChunkedDecoder};
-pub use gzip::{inflate_capped, InflateError};
+pub use gzip::{inflate_capped, inflate_to_vec, InflateError};
 pub use head::{
     parse_head, BodyFraming, HeadError, Method, RequestHead, Span, MAX_HEADERS, MAX_HEAD_BYTES,
 };

@@ -39,10 +39,7 @@ pub struct Part<'a> {
 /// Parses a complete `multipart/form-data` body. `content_type` is the Content-Type header value
 /// (boundary parameter, quoted or not). Parts without a name are skipped, as Go's
 /// `Request.ParseMultipartForm` does.
-pub fn parse_form<'a>(
-    content_type: &[u8],
-    body: &'a [u8],
-) -> Result<Vec<Part<'a>>, MultipartError> {
+pub fn parse_form(content_type: &[u8], body: &[u8]) -> Result<Vec<Part<'static>>, MultipartError> {
     let content_type =
         std::str::from_utf8(content_type).map_err(|_| MultipartError::NotMultipart)?;
     let boundary =

@@ -3,7 +3,8 @@
 //! Owned by its worker thread, driven when mio reports readiness (edge-triggered: every drive
 //! reads and writes until the socket would block, or until a fairness budget runs out). The state
 //! enum says what the next input bytes are: a request head, a body streamed into the log, a body
-//! buffered for a handler, a body being dropped, or nothing (closing). Answers are appended to
+//! buffered for a handler, a body being dropped, none until a request handed to the preparation
+//! pool comes back (`super::prepare`), or nothing (closing). Answers are appended to
 //! `out` in request order, so pipelined requests are answered in order, and written with as few
 //! `write` calls as the socket allows.
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::prepare::Port;
 use crate::admin::metrics::{route_index, ROUTES};
 use crate::admin::WorkerMetrics;
 use crate::http::{
@@ -103,6 +105,10 @@ pub struct Env<'a, 'w> {
     pub now: Instant,
     pub stopping: bool,
     pub timeouts: Timeouts,
+    /// The preparation pool, and this connection's key in the worker's slab (what a prepared
+    /// request comes back to). Without a pool (the fuzz target) heavy requests finish inline.
+    pub pool: Option<&'a Port>,
+    pub key: usize,
 }
 
 /// The outcome of a drive.
@@ -149,6 +155,10 @@ enum State {
         framing: BufferFraming,
         keep: bool,
     },
+    /// The request is with the preparation pool; no input is taken until it is back.
+    Preparing {
+        keep: bool,
+    },
     Closing,
 }
 
@@ -185,6 +195,9 @@ pub struct Conn<S = TcpStream> {
     peer_done: bool,
     /// Bytes a lingering close may still drop.
     linger_left: usize,
+    /// The pool's ticket for the request being prepared, and that request once it is back.
+    ticket: u64,
+    prepared: Option<(Pending, Vec<u8>)>,
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -210,7 +223,19 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             req_started: now,
             peer_done: false,
             linger_left: 0,
+            ticket: 0,
+            prepared: None,
         }
+    }
+
+    /// A request came back from the preparation pool; false when it is not this connection's
+    /// (the connection it was for is gone and the slot reused). The next drive finishes it.
+    pub fn prepared(&mut self, ticket: u64, pending: Pending, body: Vec<u8>) -> bool {
+        if !matches!(self.state, State::Preparing { .. }) || ticket != self.ticket {
+            return false;
+        }
+        self.prepared = Some((pending, body));
+        true
     }
 
     /// Counts the answer written into `out` from `at` on (its status is in its first line).
@@ -325,7 +350,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     Step::Wait
                 };
             }
-            if queued > OUT_HIGH_WATER {
+            if queued > OUT_HIGH_WATER || matches!(self.state, State::Preparing { .. }) {
                 return Step::Wait;
             }
             if self.begun >= REQUEST_BUDGET || reads == READ_BUDGET {
@@ -493,22 +518,28 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     self.request_done(keep, env)
                 }
                 State::Buffer {
-                    mut pending,
+                    pending,
                     mut body,
                     mut framing,
                     keep,
                 } => match self.take_body(&mut framing, &mut body) {
                     Ok(true) => {
-                        let keep = keep && !env.stopping;
-                        if !keep {
-                            pending.close_after();
-                        }
-                        let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
                         WorkerMetrics::add(&env.ctx.metrics.body_bytes, body.len() as u64);
-                        routes::finish_buffered(env.ctx, pending, &body, &mut self.out);
-                        self.count_answer(env, at);
-                        self.hold_if_stored(env, epoch, at);
-                        self.request_done(keep, env)
+                        match env.pool.filter(|_| routes::is_heavy(env.ctx, &pending)) {
+                            Some(pool) => match pool.submit(env.key, pending, body) {
+                                Ok(ticket) => {
+                                    WorkerMetrics::add(&env.ctx.metrics.prepared_off_loop, 1);
+                                    self.ticket = ticket;
+                                    self.state = State::Preparing { keep };
+                                    return false;
+                                }
+                                Err((pending, body)) => {
+                                    WorkerMetrics::add(&env.ctx.metrics.prepared_inline, 1);
+                                    self.finish_buffered(env, pending, &body, keep)
+                                }
+                            },
+                            None => self.finish_buffered(env, pending, &body, keep),
+                        }
                     }
                     Ok(false) => {
                         self.state = State::Buffer {
@@ -538,6 +569,13 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         }
                     }
                 }
+                State::Preparing { keep } => match self.prepared.take() {
+                    Some((pending, body)) => self.finish_buffered(env, pending, &body, keep),
+                    None => {
+                        self.state = State::Preparing { keep };
+                        return false;
+                    }
+                },
                 State::Closing => {
                     self.start = self.end;
                     self.state = State::Closing;
@@ -545,6 +583,25 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
             };
         }
+    }
+
+    /// A buffered request is complete (and prepared, if it went to the pool): store, answer.
+    fn finish_buffered(
+        &mut self,
+        env: &mut Env<'_, '_>,
+        mut pending: Pending,
+        body: &[u8],
+        keep: bool,
+    ) -> State {
+        let keep = keep && !env.stopping;
+        if !keep {
+            pending.close_after();
+        }
+        let (epoch, at) = (env.ctx.log.commit_epoch(), self.out.len());
+        routes::finish_buffered(env.ctx, pending, body, &mut self.out);
+        self.count_answer(env, at);
+        self.hold_if_stored(env, epoch, at);
+        self.request_done(keep, env)
     }
 
     /// Parses a head from the buffer and begins its request. None: the head is incomplete.

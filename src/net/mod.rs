@@ -11,6 +11,7 @@
 //! wakes them through their `Waker`s.
 
 pub mod conn;
+pub mod prepare;
 mod worker;
 
 use std::io;
@@ -34,6 +35,7 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
+    pool: prepare::Pool,
 }
 
 impl Server {
@@ -66,6 +68,7 @@ impl Server {
         }
         let addr = local_addr(&listeners[0])?;
 
+        let pool = prepare::Pool::start(&node, node.config.prepare_threads)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
         let mut wakers = Vec::with_capacity(workers);
@@ -74,6 +77,7 @@ impl Server {
         for (id, listener) in listeners.into_iter().enumerate() {
             let poll = mio::Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+            let port = pool.port(Arc::clone(&waker));
             wakers.push(waker);
             let listener = mio::net::TcpListener::from_std(listener.into());
             let node = node.clone();
@@ -92,15 +96,14 @@ impl Server {
                         }
                     };
                     drop(segments);
-                    let worker = worker::Worker::new(
-                        worker_id,
+                    let own = worker::Own {
                         poll,
                         listener,
-                        node,
                         log,
-                        stopping,
-                        max_connections_each,
-                    );
+                        pool: port,
+                    };
+                    let worker =
+                        worker::Worker::new(worker_id, own, node, stopping, max_connections_each);
                     match worker {
                         Ok(worker) => {
                             let _ = ready.send(Ok(()));
@@ -119,6 +122,7 @@ impl Server {
             stopping,
             wakers,
             threads,
+            pool,
         };
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -150,6 +154,8 @@ impl Server {
         for thread in self.threads {
             let _ = thread.join();
         }
+        // The workers' ports are gone with them: the preparation threads run out of work.
+        self.pool.stop();
     }
 }
 

@@ -1,6 +1,7 @@
 //! A worker thread's event loop, in mio's own shape: reserved tokens for the listener and the
 //! waker, connections in a `Slab`, accept/read/write until `WouldBlock`, events treated as hints,
-//! timers (connection deadlines, segment age) handled once per poll turn.
+//! timers (connection deadlines, segment age) handled once per poll turn. Requests sent to the
+//! preparation pool come back through the worker's mailbox; its waker wakes the poll for them.
 //!
 //! Shutdown: the main thread sets `stopping` and wakes the loop. The listener is dropped, idle
 //! connections are closed, connections mid-request finish (their answers say `Connection: close`)
@@ -17,9 +18,11 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::conn::{Conn, Env, ReadBuffer, Step, Timeouts};
+use super::prepare::Port;
 use crate::admin::{Heartbeat, WorkerMetrics};
 use crate::log::SegmentWriter;
 use crate::routes::{NodeState, WorkerCtx};
+use crate::useragent::AgentCache;
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
@@ -41,6 +44,8 @@ pub struct Worker {
     again: VecDeque<usize>,
     rbuf: ReadBuffer,
     scratch: Vec<u8>,
+    agents: AgentCache,
+    pool: Port,
     timeouts: Timeouts,
     refused_at_cap: u64,
     evicted_at_cap: u64,
@@ -55,16 +60,29 @@ pub struct Worker {
     synced: Vec<usize>,
 }
 
+/// What a worker thread owns from its start: its poll (with the waker registered), its share of
+/// the listening socket, its segment writer, and its end of the preparation pool.
+pub struct Own {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub log: SegmentWriter,
+    pub pool: Port,
+}
+
 impl Worker {
     pub fn new(
         id: u16,
-        poll: Poll,
-        mut listener: TcpListener,
+        own: Own,
         node: Arc<NodeState>,
-        log: SegmentWriter,
         stopping: Arc<AtomicBool>,
         max_connections: usize,
     ) -> io::Result<Worker> {
+        let Own {
+            poll,
+            mut listener,
+            log,
+            pool,
+        } = own;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let timeouts = Timeouts {
@@ -84,6 +102,8 @@ impl Worker {
             again: VecDeque::with_capacity(256),
             rbuf: ReadBuffer::default(),
             scratch: Vec::new(),
+            agents: AgentCache::default(),
+            pool,
             timeouts,
             refused_at_cap: 0,
             evicted_at_cap: 0,
@@ -124,6 +144,15 @@ impl Worker {
                     LISTENER => self.accept(now),
                     WAKER => {}
                     Token(key) => self.drive(key, now),
+                }
+            }
+            while let Some(done) = self.pool.receive() {
+                let back = self
+                    .conns
+                    .get_mut(done.key)
+                    .is_some_and(|conn| conn.prepared(done.ticket, done.pending, done.body));
+                if back {
+                    self.drive(done.key, now);
                 }
             }
             for _ in 0..self.again.len() {
@@ -241,6 +270,7 @@ impl Worker {
             metrics: &self.metrics,
             log: &mut self.log,
             scratch: &mut self.scratch,
+            agents: &mut self.agents,
         };
         let mut env = Env {
             ctx: &mut ctx,
@@ -248,6 +278,8 @@ impl Worker {
             now,
             stopping: self.stopping.load(Ordering::Relaxed),
             timeouts: self.timeouts,
+            pool: Some(&self.pool),
+            key,
         };
         let held = conn.awaits_sync();
         let step = conn.drive(&mut env);

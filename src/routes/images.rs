@@ -33,9 +33,15 @@ fn safe_file_name(name: &str) -> Option<&str> {
     (!unsafe_name).then_some(base)
 }
 
-pub(super) fn upload(ctx: &mut WorkerCtx<'_>, p: &Pending, body: &[u8]) -> Result<Answer, Reject> {
-    let content_type = p.client.as_ref().map_or(&[][..], |c| &c.content_type[..]);
-    let parts = parse_form(content_type, body)?;
+pub(super) fn upload(
+    ctx: &mut WorkerCtx<'_>,
+    p: &mut Pending,
+    body: &[u8],
+) -> Result<Answer, Reject> {
+    let parts = match p.prepared.as_mut().and_then(|x| x.form.take()) {
+        Some(parsed) => parsed?,
+        None => parse_form(p.content_type(), body)?,
+    };
     let session_id = p.token.map_or(0, |t| t.session_id);
     let prefix = if p.route == Route::MobileImages {
         let key = parts

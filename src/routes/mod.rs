@@ -24,13 +24,14 @@ use crate::config::{Config, LiveSettings};
 use crate::flake::SessionIdGenerator;
 use crate::geo::GeoDb;
 use crate::http::{
-    inflate_capped, write_empty, write_error, write_json, write_preflight, BodyFraming,
-    InflateError, Method, RequestHead, ResponseOptions, Status,
+    inflate_capped, inflate_to_vec, parse_form, write_empty, write_error, write_json,
+    write_preflight, BodyFraming, InflateError, Method, MultipartError, Part, RequestHead,
+    ResponseOptions, Status,
 };
 use crate::log::{RecordKind, RecordMeta, Reservation, SegmentWriter};
 use crate::project::{Catalog, Lookup, Project};
 use crate::token::{SessionToken, TokenError, TokenSigner};
-use crate::useragent::UserAgentParser;
+use crate::useragent::{AgentCache, UserAgentInfo, UserAgentParser};
 
 pub use web::SessionTable;
 
@@ -97,6 +98,8 @@ pub struct WorkerCtx<'a> {
     pub log: &'a mut SegmentWriter,
     /// Scratch for gzip-decoded bodies that must be split or parsed.
     pub scratch: &'a mut Vec<u8>,
+    /// The user agents this worker has parsed.
+    pub agents: &'a mut AgentCache,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +237,21 @@ pub struct Pending {
     data_type: DataType,
     split: Option<usize>,
     client: Option<Box<ClientInfo>>,
+    /// What [`prepare`] did off the worker's loop, when it ran.
+    prepared: Option<Box<Prepared>>,
+}
+
+/// The heavy part of finishing a request, done by [`prepare`] on a preparation thread. The
+/// handlers take each piece from here when it is present and do it themselves when not, so a
+/// request finishes the same whether or not it was prepared.
+#[derive(Debug, Default)]
+struct Prepared {
+    /// The body did not decode: the answer.
+    refused: Option<Reject>,
+    /// The start's user agent, parsed.
+    agent: Option<Option<UserAgentInfo>>,
+    /// The upload's form, parsed.
+    form: Option<Result<Vec<Part<'static>>, MultipartError>>,
 }
 
 impl Pending {
@@ -244,6 +262,86 @@ impl Pending {
     /// The node began shutting down while the body arrived: the answer says the connection closes.
     pub fn close_after(&mut self) {
         self.opts.keep_alive = false;
+    }
+
+    fn user_agent(&self) -> &str {
+        self.client.as_ref().map_or("", |c| c.user_agent.as_str())
+    }
+
+    fn content_type(&self) -> &[u8] {
+        self.client
+            .as_ref()
+            .map_or(&[][..], |c| &c.content_type[..])
+    }
+}
+
+/// True when finishing this buffered request takes heavy work that should not hold up the
+/// worker's other connections: a gzip body to inflate (0.5-1.5 ms for the tracker's large
+/// batches), a multipart form to parse, or a start whose user agent this worker has not parsed
+/// before (see [`AgentCache`]). Such a request goes to [`prepare`] on a preparation thread.
+pub fn is_heavy(ctx: &WorkerCtx<'_>, pending: &Pending) -> bool {
+    pending.gzip
+        || match pending.route {
+            Route::WebImages | Route::MobileImages => true,
+            Route::WebStart | Route::WebNotStarted => {
+                ctx.agents.get(pending.user_agent()).is_none()
+            }
+            _ => false,
+        }
+}
+
+/// The decoded bytes a gzip body of `route` may inflate to; None where the route keeps the body
+/// as sent.
+fn decoded_limit(node: &NodeState, route: Route) -> Option<u64> {
+    match route {
+        Route::WebBatch | Route::MobileBatch | Route::MobileLate => Some(node.batch_limit()),
+        Route::WebStart | Route::MobileStart | Route::WebNotStarted | Route::WebFeatureFlags => {
+            Some(node.live.json_size_limit())
+        }
+        _ => None,
+    }
+}
+
+/// Does the heavy part of a buffered request (see [`is_heavy`]) without the worker: inflates a
+/// gzip body under the same decoded cap as the worker would (a gzip bomb is still refused, 413,
+/// and nothing is stored), parses the start's user agent or the upload's form. Returns the
+/// request as [`finish_buffered`] takes it: the body decoded and no longer marked gzip. Touches
+/// neither the log nor the session table; runs on a preparation thread.
+pub fn prepare(node: &NodeState, mut pending: Pending, mut body: Vec<u8>) -> (Pending, Vec<u8>) {
+    let mut prepared = Prepared::default();
+    if let (true, Some(limit)) = (pending.gzip, decoded_limit(node, pending.route)) {
+        match inflate_to_vec(&body, limit as usize) {
+            Ok(decoded) => {
+                body = decoded;
+                pending.gzip = false;
+            }
+            Err(e) => prepared.refused = Some(Reject::from(e)),
+        }
+    }
+    if prepared.refused.is_none() {
+        match pending.route {
+            Route::WebStart | Route::WebNotStarted => {
+                prepared.agent = Some(node.user_agents.parse(pending.user_agent()));
+            }
+            Route::WebImages | Route::MobileImages => {
+                prepared.form = Some(parse_form(pending.content_type(), &body));
+            }
+            _ => {}
+        }
+    }
+    pending.prepared = Some(Box::new(prepared));
+    (pending, body)
+}
+
+/// The start's user agent, parsed: by [`prepare`], or from this worker's cache, or now.
+fn user_agent_info(ctx: &mut WorkerCtx<'_>, p: &Pending) -> Option<UserAgentInfo> {
+    let agent = p.user_agent();
+    match p.prepared.as_ref().and_then(|x| x.agent.as_ref()) {
+        Some(info) => {
+            ctx.agents.insert(agent, info.clone());
+            info.clone()
+        }
+        None => ctx.agents.parse(&ctx.node.user_agents, agent),
     }
 }
 
@@ -425,6 +523,7 @@ pub fn begin(
         data_type,
         split,
         client,
+        prepared: None,
     };
 
     match head.framing {
@@ -561,9 +660,19 @@ fn answer_stored(pending: &Pending, out: &mut Vec<u8>) {
     }
 }
 
-/// A buffered body is complete (chunked framing already removed, gzip not yet).
-pub fn finish_buffered(ctx: &mut WorkerCtx<'_>, pending: Pending, body: &[u8], out: &mut Vec<u8>) {
+/// A buffered body is complete (chunked framing already removed; gzip not yet, unless
+/// [`prepare`] ran).
+pub fn finish_buffered(
+    ctx: &mut WorkerCtx<'_>,
+    mut pending: Pending,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
     let opts = pending.opts;
+    if let Some(Reject(status, message)) = pending.prepared.as_ref().and_then(|p| p.refused) {
+        write_error(out, status, opts, message);
+        return;
+    }
     let result = match pending.route {
         Route::WebBatch | Route::MobileBatch | Route::MobileLate => {
             store_batch(ctx, &pending, body)
@@ -572,7 +681,7 @@ pub fn finish_buffered(ctx: &mut WorkerCtx<'_>, pending: Pending, body: &[u8], o
         Route::MobileStart => mobile::start(ctx, &pending, body, out),
         Route::WebNotStarted => web::not_started(ctx, &pending, body),
         Route::WebFeatureFlags => web::feature_flags(ctx, &pending, body, out),
-        Route::WebImages | Route::MobileImages => images::upload(ctx, &pending, body),
+        Route::WebImages | Route::MobileImages => images::upload(ctx, &mut pending, body),
         Route::Health
         | Route::HealthLive
         | Route::HealthReady
@@ -595,6 +704,7 @@ enum Answer {
 }
 
 /// A refusal: status and the text of the JSON error.
+#[derive(Clone, Copy, Debug)]
 struct Reject(Status, &'static str);
 
 /// A full disk or a used-up disk budget is a 503 with `Retry-After` (the tracker retries, and
@@ -678,8 +788,13 @@ fn store_batch(ctx: &mut WorkerCtx<'_>, p: &Pending, body: &[u8]) -> Result<Answ
         return Ok(Answer::Ok);
     }
     if p.gzip {
-        ctx.log
-            .append_with(meta, b"", limit as usize, |dst| inflate_capped(body, dst))??;
+        // An empty decoded batch is refused as an empty plain one is, and as `prepare` does.
+        ctx.log.append_with(meta, b"", limit as usize, |dst| {
+            match inflate_capped(body, dst)? {
+                0 => Err(Reject(Status::BadRequest, "empty request body")),
+                n => Ok(n),
+            }
+        })??;
         return Ok(Answer::Ok);
     }
     if body.is_empty() {

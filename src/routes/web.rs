@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::{json_body, now_ms, now_ns, project_by_key, Answer, Pending, Reject, WorkerCtx};
+use super::{
+    json_body, now_ms, now_ns, project_by_key, user_agent_info, Answer, Pending, Reject, WorkerCtx,
+};
 use crate::admin::WorkerMetrics;
 use crate::codec::SessionStart;
 use crate::db::row::SessionRow;
@@ -265,7 +267,7 @@ pub(super) fn start(
     let Some(key) = req.project_key.as_deref().filter(|k| !k.is_empty()) else {
         return Err(Reject(Status::Forbidden, "projectKey value required"));
     };
-    let Some(ua) = node.user_agents.parse(user_agent) else {
+    let Some(ua) = user_agent_info(ctx, p) else {
         return Err(Reject(Status::Forbidden, "browser not recognized"));
     };
     let project = project_by_key(node, Some(key))?;
@@ -381,8 +383,7 @@ pub(super) fn not_started(
 ) -> Result<Answer, Reject> {
     let body = json_body(ctx, p, body)?.to_vec();
     let req = JsonObject::parse(&body)?;
-    let user_agent = p.client.as_ref().map_or("", |c| c.user_agent.as_str());
-    if ctx.node.user_agents.parse(user_agent).is_none() {
+    if user_agent_info(ctx, p).is_none() {
         return Err(Reject(Status::Forbidden, "browser not recognized"));
     }
     project_by_key(ctx.node, req.string("projectKey").as_deref())?;

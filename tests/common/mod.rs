@@ -541,6 +541,18 @@ pub fn walkable_batch(page: u64, first_index: u64, body: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The value of the sample `name` (with its labels exactly as written) in a `/metrics` text, 0
+/// when absent.
+pub fn metric_sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Polls `done` every 50 ms until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
