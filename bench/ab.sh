@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Two builds of replay-ingest side by side: the request path's cost of a change.
 #
-#   bench/ab.sh --a OLD_BINARY --b NEW_BINARY [--sizes "1k 8k"] [--rounds 3] [--seconds 10]
+#   bench/ab.sh --a OLD_BINARY --b NEW_BINARY [--sizes "1k 8k mix@12000"] [--rounds 3] [--seconds 10]
 #
-# Per round and body size, A then B, each a fresh node with its defaults (a fresh data
-# directory, TOKEN_SECRET) under `replay-bench fixed` (a valid player batch of that size, closed
-# loop, 64 connections) for --seconds. Reports req/s and the CPU time of the node's worker
-# threads (the request path) per request, from /proc/<pid>/task/*/stat before and after the
-# load; then the medians and B against A. Bounded: every load stops after its time; each node
-# is stopped by its pid.
+# Per round and load, A then B, each a fresh node with its defaults (a fresh data directory,
+# TOKEN_SECRET) for --seconds. A size (1k, 8k, 64k) is `replay-bench fixed`: a valid player
+# batch of that size, closed loop, 64 connections. `mix@RATE` is the tracker mix (starts, then
+# batches of the tracker's sizes, gzip above 20,000 bytes) in open loop at RATE requests a
+# second over 64 connections: its latencies are the tail a steady load sees. Reports req/s, the
+# CPU time of the request path (the worker-N and prepare-N threads) per request, from
+# /proc/<pid>/task/*/stat before and after the load, and p50/p99/p99.9; then the medians and B
+# against A. Bounded: every load stops after its time; each node is stopped by its pid.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     --sizes) SIZES=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --seconds) SECS=$2; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -58,7 +60,7 @@ request_path_us() {
 }
 TOKEN=$(python3 "$(cd "$ROOT/.." && pwd)/shared/peers/mktoken.py" "$SECRET" 4242)
 
-printf 'round\tsize\tbuild\treq_s\tworker_us_per_req\n' > "$TMP/runs.tsv"
+printf 'round\tsize\tbuild\treq_s\tworker_us_per_req\tp50_us\tp99_us\tp999_us\n' > "$TMP/runs.tsv"
 for round in $(seq 1 "$ROUNDS"); do
   for size in $SIZES; do
     for build in a b; do
@@ -73,8 +75,15 @@ for round in $(seq 1 "$ROUNDS"); do
       for _ in $(seq 1 100); do curl -s -m 1 "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
       log "round $round, $size, $build"
       w0=$(request_path_us "$NPID")
-      STAT=$("$BENCH" fixed --url "http://127.0.0.1:$PORT" -c 64 -d "${SECS}s" --size "$size" \
-             --token "$TOKEN" 2>/dev/null | grep '^BENCHSTAT')
+      case "$size" in
+        mix@*)
+          STAT=$("$BENCH" mix --url "http://127.0.0.1:$PORT" -c 64 -t 1 -d "${SECS}s" \
+                 --rate "${size#mix@}" --project-key "$(cat "$DATA/demo-project-key")" \
+                 2>/dev/null | grep '^BENCHSTAT') ;;
+        *)
+          STAT=$("$BENCH" fixed --url "http://127.0.0.1:$PORT" -c 64 -d "${SECS}s" --size "$size" \
+                 --token "$TOKEN" 2>/dev/null | grep '^BENCHSTAT') ;;
+      esac
       w1=$(request_path_us "$NPID")
       stop_pid "$NPID" 60; rm -rf "$DATA"
       python3 - "$round" "$size" "$build" "$STAT" "$w0" "$w1" >> "$TMP/runs.tsv" <<'EOF'
@@ -83,7 +92,8 @@ round_, size, build, stat, w0, w1 = sys.argv[1:]
 s = dict(x.split("=", 1) for x in stat.split()[1:])
 ok = int(s["ok"])
 print("\t".join([round_, size, build, str(round(ok / (int(s["duration_us"]) / 1e6))),
-                 str(round((int(w1) - int(w0)) / max(ok, 1), 2))]))
+                 str(round((int(w1) - int(w0)) / max(ok, 1), 2)),
+                 s["p50_us"], s["p99_us"], s["p999_us"]]))
 EOF
     done
   done
@@ -92,15 +102,17 @@ done
 python3 - "$TMP/runs.tsv" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
-print("| round | size | build | req/s | worker µs per request |")
-print("| ---: | --- | --- | ---: | ---: |")
+print("| round | load | build | req/s | request path µs per request | p50 µs | p99 µs | p99.9 µs |")
+print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 print()
-print("| size | A req/s | B req/s | B/A | A worker µs/req | B worker µs/req | B/A |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| load | A req/s | B req/s | B/A | A µs/req | B µs/req | B/A | A p99 µs | B p99 µs | B/A |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for size in dict.fromkeys(r[1] for r in rows):
     med = lambda build, i: statistics.median(float(r[i]) for r in rows if r[1] == size and r[2] == build)
     ra, rb, ca, cb = med("a", 3), med("b", 3), med("a", 4), med("b", 4)
-    print(f"| {size} | {ra:.0f} | {rb:.0f} | {rb / ra:.2f} | {ca:.2f} | {cb:.2f} | {cb / ca:.2f} |")
+    pa, pb = med("a", 6), med("b", 6)
+    print(f"| {size} | {ra:.0f} | {rb:.0f} | {rb / ra:.2f} | {ca:.2f} | {cb:.2f} | {cb / ca:.2f} "
+          f"| {pa:.0f} | {pb:.0f} | {pb / pa:.2f} |")
 EOF

@@ -364,6 +364,9 @@ pub struct ConsumerRegistry {
     budget: Arc<DiskBudget>,
     data_dir: PathBuf,
     segments_dir: PathBuf,
+    /// The node's workers, each a stream a reader merges, whether or not it has a segment file
+    /// yet (see [`Consumer::read`]).
+    workers: u16,
     consumers: Mutex<Vec<Arc<ConsumerState>>>,
     seal_listeners: Mutex<Vec<Sender<SegmentEvent>>>,
     /// Set once every consumer of the node is registered; retention waits for it, or it could
@@ -384,6 +387,7 @@ impl ConsumerRegistry {
     pub(crate) fn new(
         data_dir: &Path,
         segments_dir: &Path,
+        workers: u16,
         budget: DiskBudget,
     ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir.join(CONSUMERS_DIR))?;
@@ -391,6 +395,7 @@ impl ConsumerRegistry {
             budget: Arc::new(budget),
             data_dir: data_dir.to_path_buf(),
             segments_dir: segments_dir.to_path_buf(),
+            workers,
             consumers: Mutex::new(Vec::new()),
             seal_listeners: Mutex::new(Vec::new()),
             complete: AtomicBool::new(false),
@@ -762,12 +767,18 @@ impl Consumer {
     }
 
     /// Opens a stream for every worker that has segments.
+    /// Every worker of the node is a stream from the start, its first segment file there or
+    /// not: a worker found only once its file appeared could be found in the middle of a read,
+    /// after a later record of another worker went out. Files of workers the node no longer
+    /// runs (it ran with more before a restart) are streams too.
     fn discover_workers(&mut self) -> Result<(), LogError> {
-        for name in list_segments(&self.registry.segments_dir)? {
-            if !self.streams.contains_key(&name.worker) {
-                let pos = self.read_to.position(name.worker);
-                self.streams
-                    .insert(name.worker, Stream::new(name.worker, pos));
+        let present = list_segments(&self.registry.segments_dir)?
+            .into_iter()
+            .map(|name| name.worker);
+        for worker in (0..self.registry.workers).chain(present) {
+            if !self.streams.contains_key(&worker) {
+                let pos = self.read_to.position(worker);
+                self.streams.insert(worker, Stream::new(worker, pos));
             }
         }
         Ok(())

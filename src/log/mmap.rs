@@ -4,8 +4,8 @@
 //! (shared, `Arc`) and [`Region`]s: exclusive, non-overlapping byte ranges of the mapping. The
 //! writer (a worker thread) holds the region at and past its cursor and splits records off its
 //! front; a `Reservation` holds its record's region while the socket fills it. The segment
-//! service thread only pre-faults ranges (which never changes bytes) and, once every handle to a
-//! mapping is gone, unmaps it before truncating the file.
+//! service's threads only pre-fault ranges (which never changes bytes) and, once every handle to
+//! a mapping is gone, unmap it before truncating the file.
 //!
 //! Why the `unsafe` here is sound:
 //! * Ownership: a `SegmentMap` is created only by [`map_segment`], which hands out exactly one

@@ -1,10 +1,19 @@
 //! The segment service: one background thread that keeps costly syscalls off the workers.
 //!
 //! In (a bounded crossbeam channel of [`Command`]s from the writers): requests to prepare a
-//! worker's next segment, to pre-fault a window ahead of a writer's cursor, and segments to seal.
-//! Out: prepared segments (created, fallocated, mapped, first window pre-faulted) on one
-//! bounded(1) channel per worker, and sealed files on disk. Runs on its own thread, started once
-//! by [`SegmentService::start`] after start-up recovery.
+//! worker's next segment, and segments to seal; and on a second channel, requests to pre-fault a
+//! window ahead of a writer's cursor. Out: prepared segments (created, fallocated, mapped, first
+//! window pre-faulted) on one bounded(1) channel per worker, sealed files on disk, and pages
+//! faulted in ahead of the writers. Runs on two threads, started once by
+//! [`SegmentService::start`] after start-up recovery: `segment-service` for the commands, and
+//! `segment-prefault` for the pre-faults alone.
+//!
+//! Pre-faulting has its own thread because the service's other work blocks: sealing a segment
+//! waits for its `fdatasync` (40-80 ms for 64 MiB here) and the background flush for its
+//! `msync` (up to 150 ms), and measured at 64 KiB bodies the service spent two thirds of its
+//! time blocked there. Pre-faults queued behind those let the writers outrun their runway, and
+//! every page a worker then faults in itself (read into the page cache, then `page_mkwrite`)
+//! was a third of its CPU time (`bench/RESULTS.md`, run 11).
 //!
 //! # Reusing retired files
 //!
@@ -29,9 +38,11 @@
 //! the oldest sealed segments are forced out unconsumed, each logged at error level and counted.
 //!
 //! Each worker has at most one prepared segment in flight (its writer asks for the next one when
-//! it takes one), so the service never blocks sending to a worker. Commands are handled in order:
-//! a writer's pre-fault requests for a segment arrive before that segment's seal, so by then the
-//! service holds the last handle to the mapping and may unmap it and truncate the file.
+//! it takes one), so the service never blocks sending to a worker. A seal needs the last handle
+//! to the segment's mapping before it unmaps it and truncates the file; a pre-fault running on it
+//! holds one (queued ones hold it weakly), and the seal is retried until it is gone
+//! (`DEFERRED_SEAL_RETRY`). A worker's segments are sealed in order: a later one waits behind an
+//! earlier one, so that retention and the consumers meet them in order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -39,7 +50,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -53,9 +64,11 @@ use crate::log::recovery::{self, RecoverySummary};
 use crate::log::writer::SegmentWriter;
 use crate::log::{Durability, LogConfig, LogError};
 
-/// Commands queued at once: pre-fault requests beyond this are dropped (they are only a speed-up);
-/// seals wait for room.
+/// Commands queued at once; seals wait for room.
 const COMMAND_QUEUE: usize = 1024;
+/// Pre-fault requests queued at once: beyond this they are dropped (they are only a speed-up),
+/// and the writer asks again after its next record.
+const PREFAULT_QUEUE: usize = 1024;
 /// How often a seal that still waits for its last mapping handle is retried.
 const DEFERRED_SEAL_RETRY: Duration = Duration::from_millis(20);
 /// Spare files kept per worker (see the module doc); older ones are deleted.
@@ -65,16 +78,17 @@ pub const SPARES_KEPT: usize = 2;
 const RETIRE_CHECK: Duration = Duration::from_millis(250);
 
 pub(crate) enum Command {
-    Prepare {
-        worker: u16,
-    },
-    Prefault {
-        map: Arc<SegmentMap>,
-        offset: usize,
-        len: usize,
-    },
+    Prepare { worker: u16 },
     Seal(SealJob),
     Shutdown,
+}
+
+/// Pages of a writer's open segment to fault in ahead of its cursor. The mapping is held weakly:
+/// a queued request never keeps a rolled segment from being sealed.
+pub(crate) struct Prefault {
+    pub map: Weak<SegmentMap>,
+    pub offset: usize,
+    pub len: usize,
 }
 
 /// A rolled segment that no writer or reservation uses any more.
@@ -106,6 +120,11 @@ pub(crate) struct Shared {
     pub durability: Durability,
     flush_interval: Duration,
     pub commands: Sender<Command>,
+    /// To the pre-fault thread; `None` stops it.
+    pub prefaults: Sender<Option<Prefault>>,
+    /// False once the kernel refused MADV_POPULATE_WRITE (before Linux 5.14): writers then
+    /// fault their pages in themselves.
+    prefault_supported: AtomicBool,
     pub workers: Vec<WorkerSlot>,
     /// Makes `.prep-` names unique.
     prep_counter: AtomicU64,
@@ -272,12 +291,14 @@ fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(spares.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Shared background thread: prepares (creates, fallocates, pre-faults) the next segment file
-/// for each worker, pre-faults windows ahead of writers, and seals rolled segments (sealed
-/// header, unmap, truncate to the used length). Started once; workers talk to it over channels.
+/// The background threads: one prepares (creates, fallocates, pre-faults) the next segment file
+/// for each worker and seals rolled segments (sealed header, unmap, truncate to the used
+/// length), the other pre-faults windows ahead of writers. Started once; workers talk to them
+/// over channels.
 pub struct SegmentService {
     pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    prefault_thread: Option<JoinHandle<()>>,
     recovery: RecoverySummary,
     /// Held (flock) for the service's life: recovery or a second node on the same directory
     /// would seal or delete files under the running writers.
@@ -300,13 +321,15 @@ impl SegmentService {
             Some(setting) => setting.resolve(&cfg.dir)?,
             None => u64::MAX,
         };
-        let consumers = ConsumerRegistry::new(&cfg.dir, &segments_dir, DiskBudget::new(limit))?;
+        let consumers =
+            ConsumerRegistry::new(&cfg.dir, &segments_dir, workers, DiskBudget::new(limit))?;
         // Room for each worker's next segment and the one after it.
         consumers
             .budget()
             .set_headroom(capacity as u64 * u64::from(workers) * 2);
 
         let (commands, command_rx) = bounded(COMMAND_QUEUE);
+        let (prefaults, prefault_rx) = bounded(PREFAULT_QUEUE);
         let workers = (0..workers)
             .map(|w| {
                 let (prepared_tx, prepared) = bounded(1);
@@ -328,6 +351,8 @@ impl SegmentService {
             durability: cfg.durability,
             flush_interval: cfg.flush_interval,
             commands,
+            prefaults,
+            prefault_supported: AtomicBool::new(true),
             workers,
             prep_counter: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -336,6 +361,10 @@ impl SegmentService {
             forced_out: AtomicU64::new(0),
             consumers,
         });
+        let thread_shared = Arc::clone(&shared);
+        let prefault_thread = std::thread::Builder::new()
+            .name("segment-prefault".into())
+            .spawn(move || prefault(&thread_shared, &prefault_rx))?;
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("segment-service".into())
@@ -349,6 +378,7 @@ impl SegmentService {
         Ok(SegmentService {
             shared,
             thread: Some(thread),
+            prefault_thread: Some(prefault_thread),
             recovery: summary,
             _lock: lock,
         })
@@ -399,6 +429,14 @@ impl SegmentService {
     }
 
     fn stop(&mut self) {
+        // First the pre-faults: what they still hold of the segments' mappings would keep the
+        // last seals from truncating their files.
+        if let Some(thread) = self.prefault_thread.take() {
+            let _ = self.shared.prefaults.send(None);
+            if thread.join().is_err() {
+                log::error!("segment pre-fault thread panicked");
+            }
+        }
         if let Some(thread) = self.thread.take() {
             // If the thread is gone the queue is disconnected; joining is all that is left.
             let _ = self.shared.commands.send(Command::Shutdown);
@@ -474,11 +512,32 @@ fn next_seqs(segments_dir: &Path, data_dir: &Path) -> Result<HashMap<u16, u64>, 
     Ok(next)
 }
 
+/// The pre-fault thread: faults in each requested window, in order, until told to stop; then
+/// drops what is still queued (the writers are closed by then).
+fn prefault(shared: &Shared, requests: &Receiver<Option<Prefault>>) {
+    while let Ok(Some(Prefault { map, offset, len })) = requests.recv() {
+        let Some(map) = map.upgrade() else { continue };
+        if !shared.prefault_supported.load(Ordering::Relaxed) {
+            continue;
+        }
+        match map.populate_write(offset, len) {
+            Ok(true) => {}
+            Ok(false) => {
+                log::info!("MADV_POPULATE_WRITE unsupported: writers fault pages in");
+                shared.prefault_supported.store(false, Ordering::Relaxed);
+            }
+            Err(e) => log::debug!("pre-faulting a segment window: {e}"),
+        }
+    }
+    while requests.try_recv().is_ok() {}
+}
+
 fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
-    let mut prefault_supported = true;
     retained.enforce(shared);
-    // Seals whose mapping still has a handle somewhere; keyed by path for a stable order.
-    let mut deferred: BTreeMap<PathBuf, SealJob> = BTreeMap::new();
+    // Seals waiting: their mapping still has a handle somewhere, or an earlier segment of the
+    // same worker waits. By worker and sequence: each worker's segments are sealed in order, so
+    // that retention and the consumers see them in order.
+    let mut deferred: BTreeMap<(u16, u64), SealJob> = BTreeMap::new();
     let mut next_flush = std::time::Instant::now() + shared.flush_interval;
     loop {
         let now = std::time::Instant::now();
@@ -505,7 +564,8 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
                     continue;
                 };
                 retained.make_room_for_segment(shared);
-                let prepared = shared.prepare(worker, prefault_supported);
+                let prefault = shared.prefault_supported.load(Ordering::Relaxed);
+                let prepared = shared.prepare(worker, prefault);
                 if let Err(e) = &prepared {
                     log::error!("preparing a segment for worker {worker}: {e}");
                 }
@@ -515,32 +575,15 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
                     discard_prepared(shared, e.into_inner());
                 }
             }
-            Some(Command::Prefault { map, offset, len }) if prefault_supported => {
-                match map.populate_write(offset, len) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        log::info!("MADV_POPULATE_WRITE unsupported: writers fault pages in");
-                        prefault_supported = false;
-                    }
-                    Err(e) => log::debug!("pre-faulting a segment window: {e}"),
-                }
-            }
-            Some(Command::Prefault { .. }) => {}
             Some(Command::Seal(job)) => {
-                if let Some(job) = seal(shared, job, &mut retained) {
-                    deferred.insert(job.path.clone(), job);
-                }
+                deferred.insert((job.header.worker, job.header.seq), job);
             }
             Some(Command::Shutdown) => break,
         }
-        let waiting = std::mem::take(&mut deferred);
-        for (path, job) in waiting {
-            if let Some(job) = seal(shared, job, &mut retained) {
-                deferred.insert(path, job);
-            }
-        }
+        seal_in_order(shared, &mut deferred, &mut retained);
         retained.enforce(shared);
     }
+    seal_in_order(shared, &mut deferred, &mut retained);
     for (_, job) in deferred {
         // Someone still maps it: seal the header, leave the length (readers honour sealed_len).
         let SealJob {
@@ -761,6 +804,24 @@ fn discard_prepared(shared: &Shared, prepared: io::Result<PreparedSegment>) {
         let spare = shared.spare_dir().join(name.trim_start_matches('.'));
         if let Err(e) = std::fs::rename(&path, spare).or_else(|_| std::fs::remove_file(&path)) {
             log::warn!("removing unused {}: {e}", path.display());
+        }
+    }
+}
+
+/// Seals what waits, each worker's segments in order: a worker's first segment that cannot be
+/// sealed yet holds back its later ones.
+fn seal_in_order(
+    shared: &Shared,
+    waiting: &mut BTreeMap<(u16, u64), SealJob>,
+    retained: &mut Retained,
+) {
+    let mut held_back = std::collections::HashSet::new();
+    for ((worker, seq), job) in std::mem::take(waiting) {
+        if held_back.contains(&worker) {
+            waiting.insert((worker, seq), job);
+        } else if let Some(job) = seal(shared, job, retained) {
+            held_back.insert(worker);
+            waiting.insert((worker, seq), job);
         }
     }
 }

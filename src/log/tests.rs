@@ -89,6 +89,42 @@ fn body(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.random()).collect()
 }
 
+/// A worker's segments are sealed in order: while something still maps its first rolled segment
+/// (here the test, as the background flusher or a pre-fault would), the segments it rolls after
+/// that stay unsealed too, so that retention and the consumers never meet a later segment of a
+/// worker before an earlier one.
+#[test]
+fn a_segment_waiting_to_be_sealed_holds_back_the_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut w = service.writer(0).unwrap();
+    w.append(meta(1, 1, RecordKind::WebBatch), b"", &[b"first"])
+        .unwrap();
+    let held = service.shared.workers[0].active.lock().clone().unwrap();
+    let filler = body(2, 20_000);
+    for i in 0..8u64 {
+        w.append(meta(10 + i, 10 + i, RecordKind::WebBatch), b"", &[&filler])
+            .unwrap();
+    }
+    let rolled = segment_files(dir.path());
+    assert!(rolled.len() >= 3, "two rolls at least: {rolled:?}");
+    // Several retry rounds of the service go by: nothing of this worker is sealed meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    for (name, path) in &rolled {
+        assert!(!header_of(path).is_sealed(), "{name:?} sealed out of order");
+    }
+    drop(held);
+    let last = rolled.len() - 1;
+    wait_until("the rolled segments sealed", || {
+        rolled[..last]
+            .iter()
+            .all(|(_, path)| header_of(path).is_sealed())
+    });
+    w.close().unwrap();
+    service.shutdown();
+    assert_all_sealed(dir.path());
+}
+
 #[test]
 fn three_ways_in_round_trip_including_reservations_across_a_roll() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ use crate::log::format::{
     STATE_COMMITTED, STATE_PENDING,
 };
 use crate::log::mmap::{Region, SegmentMap};
-use crate::log::service::{BudgetRefusal, Command, PreparedSegment, SealJob, Shared};
+use crate::log::service::{BudgetRefusal, Command, Prefault, PreparedSegment, SealJob, Shared};
 use crate::log::{DiskBudget, Durability, LogError, RecordMeta};
 
 /// How long a new writer waits for the segment the service prepares at start-up (a create and
@@ -436,13 +436,13 @@ impl SegmentWriter {
         }
         let from = active.prefault_to.max(cursor);
         let to = cursor.saturating_add(window).min(capacity);
-        let request = Command::Prefault {
-            map: Arc::clone(active.tail.map()),
+        let request = Prefault {
+            map: Arc::downgrade(active.tail.map()),
             offset: from,
             len: to - from,
         };
         // Only a speed-up: when the queue is full, try again after the next record.
-        if self.shared.commands.try_send(request).is_ok() {
+        if self.shared.prefaults.try_send(Some(request)).is_ok() {
             active.prefault_to = to;
         }
     }
