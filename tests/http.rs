@@ -571,16 +571,8 @@ fn a_full_preparation_queue_is_worked_off_by_the_worker() {
     }
     // Stored once each; `cat` puts a page's batches in firstIndex order.
     assert_eq!(node.cat(801, Some("raw")), batches.concat());
-    let bomb = gzip(&vec![0u8; 3_000_000]);
-    let r = node.post(
-        "/v1/web/i",
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            ("Content-Encoding", "gzip"),
-        ],
-        &bomb,
-    );
-    assert_eq!(r.status, 413);
+    let bomb = node.request(&gzip_batch_request(&token, &vec![0u8; 3_000_000]));
+    assert_eq!(bomb.status, 413);
     assert_eq!(node.cat(801, Some("raw")), batches.concat());
     node.stop();
 }
