@@ -39,9 +39,9 @@
 //!
 //! Each worker has at most one prepared segment in flight (its writer asks for the next one when
 //! it takes one), so the service never blocks sending to a worker. A seal needs the last handle
-//! to the segment's mapping before it unmaps it and truncates the file; a pre-fault running on it
-//! holds one (queued ones hold it weakly), and the seal is retried until it is gone
-//! (`DEFERRED_SEAL_RETRY`). A worker's segments are sealed in order: a later one waits behind an
+//! to the segment's mapping before it unmaps it and truncates the file: queued pre-faults hold it
+//! weakly, and a seal waits for a running one (`Shared::prefaulting`). Another handle (a
+//! reservation, the flusher) puts the seal off; it is retried (`DEFERRED_SEAL_RETRY`). A worker's segments are sealed in order: a later one waits behind an
 //! earlier one, so that retention and the consumers meet them in order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -122,6 +122,11 @@ pub(crate) struct Shared {
     pub commands: Sender<Command>,
     /// To the pre-fault thread; `None` stops it.
     pub prefaults: Sender<Option<Prefault>>,
+    /// Held by the pre-fault thread while it holds a mapping, and by a seal while it unmaps: a
+    /// seal never finds the pre-fault thread in its way (it would be put off, and the rolled
+    /// file stay full size and out of retention's reach meanwhile), at the cost of waiting for
+    /// one window's pre-fault at most.
+    prefaulting: parking_lot::Mutex<()>,
     /// False once the kernel refused MADV_POPULATE_WRITE (before Linux 5.14): writers then
     /// fault their pages in themselves.
     prefault_supported: AtomicBool,
@@ -352,6 +357,7 @@ impl SegmentService {
             flush_interval: cfg.flush_interval,
             commands,
             prefaults,
+            prefaulting: parking_lot::Mutex::new(()),
             prefault_supported: AtomicBool::new(true),
             workers,
             prep_counter: AtomicU64::new(0),
@@ -516,6 +522,7 @@ fn next_seqs(segments_dir: &Path, data_dir: &Path) -> Result<HashMap<u16, u64>, 
 /// drops what is still queued (the writers are closed by then).
 fn prefault(shared: &Shared, requests: &Receiver<Option<Prefault>>) {
     while let Ok(Some(Prefault { map, offset, len })) = requests.recv() {
+        let _prefaulting = shared.prefaulting.lock();
         let Some(map) = map.upgrade() else { continue };
         if !shared.prefault_supported.load(Ordering::Relaxed) {
             continue;
@@ -837,7 +844,11 @@ fn seal(shared: &Shared, job: SealJob, retained: &mut Retained) -> Option<SealJo
         header,
         sealed_len,
     } = job;
-    if let Err(map) = mmap::unmap_if_last(map) {
+    let unmapped = {
+        let _prefaulting = shared.prefaulting.lock();
+        mmap::unmap_if_last(map)
+    };
+    if let Err(map) = unmapped {
         return Some(SealJob {
             map,
             file,
