@@ -155,8 +155,16 @@ enum State {
         framing: BufferFraming,
         keep: bool,
     },
-    /// The request is with the preparation pool; no input is taken until it is back.
+    /// The request is with the preparation pool (`ticket` tells its return from a later
+    /// connection's in the same slot); no input is taken until it is back.
     Preparing {
+        ticket: u64,
+        keep: bool,
+    },
+    /// Back from the pool: the next drive stores and answers it.
+    Prepared {
+        pending: Pending,
+        body: Vec<u8>,
         keep: bool,
     },
     Closing,
@@ -195,9 +203,6 @@ pub struct Conn<S = TcpStream> {
     peer_done: bool,
     /// Bytes a lingering close may still drop.
     linger_left: usize,
-    /// The pool's ticket for the request being prepared, and that request once it is back.
-    ticket: u64,
-    prepared: Option<(Pending, Vec<u8>)>,
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -223,18 +228,23 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             req_started: now,
             peer_done: false,
             linger_left: 0,
-            ticket: 0,
-            prepared: None,
         }
     }
 
     /// A request came back from the preparation pool; false when it is not this connection's
     /// (the connection it was for is gone and the slot reused). The next drive finishes it.
     pub fn prepared(&mut self, ticket: u64, pending: Pending, body: Vec<u8>) -> bool {
-        if !matches!(self.state, State::Preparing { .. }) || ticket != self.ticket {
+        let State::Preparing { ticket: ours, keep } = self.state else {
+            return false;
+        };
+        if ticket != ours {
             return false;
         }
-        self.prepared = Some((pending, body));
+        self.state = State::Prepared {
+            pending,
+            body,
+            keep,
+        };
         true
     }
 
@@ -529,8 +539,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                             Some(pool) => match pool.submit(env.key, pending, body) {
                                 Ok(ticket) => {
                                     WorkerMetrics::add(&env.ctx.metrics.prepared_off_loop, 1);
-                                    self.ticket = ticket;
-                                    self.state = State::Preparing { keep };
+                                    self.state = State::Preparing { ticket, keep };
                                     return false;
                                 }
                                 Err((pending, body)) => {
@@ -569,13 +578,15 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         }
                     }
                 }
-                State::Preparing { keep } => match self.prepared.take() {
-                    Some((pending, body)) => self.finish_buffered(env, pending, &body, keep),
-                    None => {
-                        self.state = State::Preparing { keep };
-                        return false;
-                    }
-                },
+                State::Preparing { ticket, keep } => {
+                    self.state = State::Preparing { ticket, keep };
+                    return false;
+                }
+                State::Prepared {
+                    pending,
+                    body,
+                    keep,
+                } => self.finish_buffered(env, pending, &body, keep),
                 State::Closing => {
                     self.start = self.end;
                     self.state = State::Closing;
