@@ -786,6 +786,7 @@ impl CompactedWriter {
         index.extend_from_slice(&[0; 4]); // entry count, set below
         let mut entries = 0u32;
         let mut raw = Vec::new();
+        let mut payload = Vec::new();
         for session_id in session_ids {
             let mut records = self.sessions.remove(&session_id).unwrap_or_default();
             order_session(&mut records);
@@ -804,7 +805,11 @@ impl CompactedWriter {
                 }
                 let (block, tail) = rest.split_at(take);
                 rest = tail;
-                let payload = compressor.compress(&raw)?;
+                // Into one buffer for every block: a fresh one for each would be a fresh
+                // mapping for each large block, paid for in page faults.
+                payload.clear();
+                payload.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                compressor.compress_to_buffer(&raw, &mut payload)?;
                 let too_big = || invalid_input("block does not fit u32 lengths".into());
                 let entry = IndexEntry {
                     session_id,

@@ -77,7 +77,7 @@ use crate::log::format::{
     RecordHeader, SegmentHeader, SegmentName, RECORD_CRC_START, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_END, STATE_PENDING,
 };
-use crate::log::reader::{read_segment_file, StoredRecord};
+use crate::log::reader::{read_segment_file, ReadBuffers, StoredRecord};
 use crate::log::scan::trusted_len;
 use crate::log::{LogError, RecordKind};
 
@@ -444,6 +444,7 @@ impl ConsumerRegistry {
             save_interval: DEFAULT_SAVE_INTERVAL,
             delivered,
             leader: None,
+            buffers: ReadBuffers::default(),
         })
     }
 
@@ -563,6 +564,8 @@ pub struct Consumer {
     delivered: Delivered,
     /// The consumer this one reads behind ([`Consumer::read_behind`]).
     leader: Option<Arc<ConsumerState>>,
+    /// What [`Consumer::next_sealed`] reads whole segments into.
+    buffers: ReadBuffers,
 }
 
 impl Consumer {
@@ -784,9 +787,21 @@ impl Consumer {
         Ok(())
     }
 
+    /// Frees the buffers [`Consumer::next_sealed`] keeps for its next reads (an idle
+    /// segment-level consumer gives their memory back).
+    pub fn release_read_buffers(&self) {
+        self.buffers.release();
+    }
+
+    /// Bytes [`Consumer::next_sealed`] keeps for its next reads.
+    pub fn kept_read_bytes(&self) -> usize {
+        self.buffers.kept_bytes()
+    }
+
     /// The next sealed segment this consumer is not past (oldest first across workers), whole;
     /// `None` when every sealed segment is behind it. Segment-level consumers only: do not mix
-    /// with [`Consumer::read`].
+    /// with [`Consumer::read`]. The segment is read into a buffer that is read into again once
+    /// every record of it is dropped.
     pub fn next_sealed(&mut self) -> Result<Option<SealedSegment>, LogError> {
         let mut candidates: BTreeMap<u16, SegmentName> = BTreeMap::new();
         for name in list_segments(&self.registry.segments_dir)? {
@@ -816,7 +831,7 @@ impl Consumer {
         };
         let path = self.registry.segments_dir.join(name.file_name());
         let mut records = Vec::new();
-        read_segment_file(&path, name, &mut records)?;
+        read_segment_file(&path, name, &self.buffers, &mut records)?;
         self.read_to
             .positions
             .insert(name.worker, Position::after(name.seq));

@@ -1248,6 +1248,55 @@ fn next_sealed_hands_out_whole_sealed_segments_in_order() {
     service.shutdown();
 }
 
+/// Whole segments are read into buffers that come back for the next read only once every
+/// record of theirs is dropped: a record still held keeps its bytes, whatever is read after it.
+#[test]
+fn next_sealed_reuses_a_buffer_only_once_its_records_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = SegmentService::start(config(dir.path()), 1).unwrap();
+    let mut c = service.consumers().register("compactor").unwrap();
+    let mut w = service.writer(0).unwrap();
+    for i in 0..6u64 {
+        w.append(meta(i, i, RecordKind::WebBatch), b"", &[&body(i, 4000)])
+            .unwrap();
+        w.roll().unwrap();
+    }
+    let mut next = || loop {
+        if let Some(seg) = c.next_sealed().unwrap() {
+            break seg;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let held = next();
+    assert_eq!(held.records[0].body, body(0, 4000));
+    let mut last_at = None;
+    for i in 1..6u64 {
+        let seg = next();
+        assert_eq!(seg.records[0].body, body(i, 4000), "segment {i}");
+        assert_ne!(seg.records[0].body.as_ptr(), held.records[0].body.as_ptr());
+        if let Some(at) = last_at {
+            // Same offset in a segment of the same length: the same buffer, read into again.
+            assert_eq!(seg.records[0].body.as_ptr(), at, "segment {i}");
+        }
+        last_at = Some(seg.records[0].body.as_ptr());
+        // Dropped here: its buffer is the one segment i + 1 is read into.
+    }
+    assert_eq!(
+        held.records[0].body,
+        body(0, 4000),
+        "a held record keeps its bytes"
+    );
+    assert!(
+        c.kept_read_bytes() > 0,
+        "a dropped segment's buffer is kept"
+    );
+    drop(held);
+    c.release_read_buffers();
+    assert_eq!(c.kept_read_bytes(), 0);
+    w.close().unwrap();
+    service.shutdown();
+}
+
 /// Once every segment of a worker is retired, a restart must not start its sequence over: the
 /// consumers' cursors are past those numbers, and would skip every new record.
 #[test]
