@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::metric_sample as sample;
 use common::*;
 use rand::{Rng, SeedableRng};
 
@@ -109,6 +110,77 @@ fn compaction_retires_segments_and_cat_reads_the_compacted_files() {
     assert_eq!(count("forced"), 0, "{line}");
     let spare = files_in(&dir.join("segments").join("spare")).len();
     assert!(spare <= 3, "spare files kept: {spare}");
+}
+
+/// The scheduling policy of the node's compactor thread, as the kernel reports it (field 41 of
+/// its `stat`: 0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+fn compactor_policy(node: &Node) -> u32 {
+    let tasks = format!("/proc/{}/task", node.child.id());
+    for task in std::fs::read_dir(tasks).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "compactor" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            return fields[41 - 3].parse().unwrap();
+        }
+    }
+    panic!("the node has no compactor thread");
+}
+
+fn runs_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// A compactor with nothing to do runs at `SCHED_IDLE` and says so in the metrics; one that may
+/// not come back from it (no CAP_SYS_NICE, RLIMIT_NICE under 20) stays at normal priority and
+/// says why. Root may always come back. Either way, what it is given is compacted.
+#[test]
+fn a_compactor_close_behind_yields_the_cpu() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let node = Node::builder()
+        .dir(dir)
+        .small_segments()
+        .arg("--segment-max-age")
+        .arg("1s")
+        .workers(1)
+        .start();
+    let yielding = |node: &Node| {
+        sample(
+            &node.admin_get("/metrics").1,
+            "replay_ingest_compactor_yielding",
+        )
+    };
+    let refused = || {
+        std::fs::read_to_string(stderr_path(dir))
+            .unwrap()
+            .contains("runs at normal priority, without yielding")
+    };
+    wait_for("the compactor's priority", Duration::from_secs(10), || {
+        yielding(&node) == 1.0 || refused()
+    });
+    if yielding(&node) == 1.0 {
+        assert_eq!(compactor_policy(&node), 5, "SCHED_IDLE");
+    } else {
+        assert!(
+            !runs_as_root(),
+            "root may bring the compactor back from SCHED_IDLE"
+        );
+        assert_eq!(compactor_policy(&node), 0, "SCHED_OTHER");
+    }
+    let s = node.start_web("web-key");
+    let token = Node::token(&s);
+    for i in 0..8 {
+        assert_eq!(post(&node, &token, &batch(0, i, b'y', 850_000)), 200);
+    }
+    wait_for("compaction", Duration::from_secs(30), || {
+        sealed_segments(dir) == 0 && !files_in(&dir.join("compacted")).is_empty()
+    });
+    assert!(node.stop().success());
 }
 
 /// A batch whose framing does not walk is set aside in `quarantine/` with its reason and never

@@ -414,6 +414,12 @@ impl Collector for Sources {
             "Bytes of compacted files written",
             load(&c.file_bytes),
         )?;
+        gauge(
+            e,
+            "compactor_yielding",
+            "1 while the compactor runs at SCHED_IDLE, yielding the CPU to the request path",
+            load(&c.yielding) as i64,
+        )?;
         counter(
             e,
             "quarantined_batches",

@@ -21,6 +21,8 @@
 //!
 //! While it is behind (more than [`CATCH_UP_LAG`] of sealed segments unread) it compresses at a
 //! faster zstd level, trading ratio for keeping up: a segment it holds back cannot be reused.
+//! While it is close behind, it runs at `SCHED_IDLE`, on cores the request path leaves free
+//! (see [`priority`](super::priority)).
 //!
 //! # Retention
 //!
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::format::{self, CompactRecord, CompactedFileName, CompactedWriter, COMPACTED_DIR};
+use super::priority::{self, Busy, Keeper};
 use super::quarantine::{self, Quarantined};
 use super::validate::check_record;
 use crate::admin::Heartbeat;
@@ -117,11 +120,16 @@ pub struct CompactorStats {
     pub expired_files: AtomicU64,
     /// Nanoseconds spent in runs (reading, checking, compressing, syncing).
     pub busy_ns: AtomicU64,
+    /// 1 while the compactor yields the CPU to the request path (`SCHED_IDLE`, see
+    /// [`priority`](super::priority)), 0 at normal priority.
+    pub yielding: AtomicU64,
 }
 
 /// The running compactor thread.
 pub struct Compactor {
     thread: Option<JoinHandle<()>>,
+    /// Its priority's keeper (`None`: the compactor runs at normal priority all along).
+    keeper: Option<Keeper>,
     stats: Arc<CompactorStats>,
 }
 
@@ -136,11 +144,19 @@ impl Compactor {
     ) -> io::Result<Compactor> {
         let stats = Arc::new(CompactorStats::default());
         let mut state = State::open(consumer, config, Arc::clone(&stats), heartbeat)?;
+        let inputs = priority::Inputs {
+            busy: Arc::clone(&state.busy),
+            lag: Arc::clone(state.consumer.state()),
+            budget: Arc::clone(state.consumer.budget()),
+            stats: Arc::clone(&stats),
+        };
         let thread = std::thread::Builder::new()
             .name("compactor".into())
             .spawn(move || state.run(&events))?;
+        let keeper = Keeper::start(&thread, inputs);
         Ok(Compactor {
             thread: Some(thread),
+            keeper,
             stats,
         })
     }
@@ -149,8 +165,10 @@ impl Compactor {
         &self.stats
     }
 
-    /// Waits for the thread to finish (after it was sent `Shutdown`).
+    /// Waits for the thread to finish (after it was sent `Shutdown`), at normal priority: its
+    /// last run must not wait for idle cores.
     pub fn join(mut self) {
+        drop(self.keeper.take());
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 log::error!("compactor thread panicked");
@@ -161,6 +179,8 @@ impl Compactor {
 
 struct State {
     consumer: Consumer,
+    /// Since when it has had work without a pause, for its priority keeper.
+    busy: Arc<Busy>,
     /// The zstd level of the last run (see `level_for_lag`).
     last_level: i32,
     heartbeat: Arc<Heartbeat>,
@@ -203,6 +223,7 @@ impl State {
             files.push(KnownFile::read(&compacted_dir, name)?);
         }
         Ok(State {
+            busy: Arc::new(Busy::default()),
             last_level: config.level,
             consumer,
             heartbeat,
@@ -222,9 +243,15 @@ impl State {
             self.heartbeat.beat();
             // One run at a time, so that retention (and the disk budget's count of compacted
             // files) and a stop request are looked at between runs even while behind.
+            // Counted as busy from the start of a run (one starved at SCHED_IDLE as well), until
+            // a run finds nothing to do.
+            self.busy.working(Instant::now());
             let compacted = match self.compact_run() {
                 Ok(segments) => {
                     backoff = Duration::from_millis(100);
+                    if segments == 0 {
+                        self.busy.caught_up();
+                    }
                     segments
                 }
                 Err(e) => {

@@ -9,6 +9,7 @@
 pub mod compactor;
 pub mod format;
 pub mod order;
+pub mod priority;
 pub mod quarantine;
 pub mod store;
 pub mod validate;
