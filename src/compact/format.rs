@@ -100,12 +100,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::hash::Hasher as _;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use twox_hash::XxHash3_64;
 
 use crate::compact::order::{order_session, SessionRecord};
 use crate::flake;
@@ -530,10 +531,10 @@ impl IndexEntry {
 }
 
 fn block_checksum(head: &[u8], payload: &[u8]) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(head);
-    h.update(payload);
-    h.digest()
+    let mut h = XxHash3_64::new();
+    h.write(head);
+    h.write(payload);
+    h.finish()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -726,7 +727,7 @@ impl CompactedWriter {
         let name = CompactedFileName {
             first_arrival_ms: first_arrival_ns / 1_000_000,
             last_arrival_ms: last_arrival_ns / 1_000_000,
-            unique: xxh3_64(&header_bytes) as u32,
+            unique: XxHash3_64::oneshot(&header_bytes) as u32,
         };
         let final_path = self.dir.join(name.file_name());
         let tmp_path = self.dir.join(format!("{TMP_PREFIX}{}", name.file_name()));
@@ -844,7 +845,7 @@ impl CompactedWriter {
         let footer = Footer {
             index_offset: offset,
             index_len: index.len() as u64,
-            index_checksum: xxh3_64(&index),
+            index_checksum: XxHash3_64::oneshot(&index),
         };
         out.write_all(&footer.encode())?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -942,7 +943,7 @@ impl<F: Read + Seek> CompactedReader<F> {
         let mut index = vec![0u8; footer.index_len as usize];
         file.seek(SeekFrom::Start(footer.index_offset))?;
         file.read_exact(&mut index)?;
-        if xxh3_64(&index) != footer.index_checksum {
+        if XxHash3_64::oneshot(&index) != footer.index_checksum {
             return Err(bad(Damage::IndexChecksum));
         }
         let count = le_u32(&index, 4) as usize;

@@ -328,9 +328,11 @@ impl RecordHeader {
 }
 
 /// The checksum a version-2 record stores: over `record[12 .. 40 + payload_len]`, given exactly
-/// that slice, seeded with its segment's salt.
+/// that slice, seeded with its segment's salt: XXH3-64's low half. twox-hash picks AVX2 at run
+/// time (xxhash-rust only at compile time, so SSE2 in a portable build: half the speed, 5.3
+/// against 2.7 µs for a 64 KiB body here).
 pub fn record_checksum(salt: u64, covered: &[u8]) -> u32 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(covered, salt) as u32
+    twox_hash::XxHash3_64::oneshot_with_seed(salt, covered) as u32
 }
 
 /// Bytes a record with `payload_len` payload bytes occupies, padding included; `None` if that
@@ -411,6 +413,26 @@ mod tests {
             flags: 0,
             salt: 0x0123_4567_89ab_cdef,
         }
+    }
+
+    /// Segments written before the checksum moved from xxhash-rust to twox-hash must still
+    /// verify: the same XXH3-64 at every length (the short, mid and SIMD paths) and seed.
+    #[test]
+    fn record_checksums_are_those_of_the_previous_implementation() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut data = vec![0u8; 200_000];
+        rng.fill(&mut data[..]);
+        let random: Vec<usize> = (0..200).map(|_| rng.random_range(0..200_000)).collect();
+        let lengths = (0..=260).chain([1023, 1024, 1025, 8192, 65_576, 200_000]);
+        for len in lengths.chain(random) {
+            let salt: u64 = rng.random();
+            let covered = &data[..len];
+            let before = xxhash_rust::xxh3::xxh3_64_with_seed(covered, salt) as u32;
+            assert_eq!(record_checksum(salt, covered), before, "length {len}");
+        }
+        // XXH3-64 of nothing, seed 0: the reference implementation's 0x2D06800538D394C2.
+        assert_eq!(record_checksum(0, b""), 0x38D3_94C2);
     }
 
     #[test]
