@@ -59,19 +59,24 @@ fn compactor_lag(dir: &Path) -> Option<u64> {
         .map(|c| c["lag_records"].as_u64().unwrap())
 }
 
+/// One worker, 4 MiB segments sealed at least every second: several rolls from a few batches.
+fn rolling_node(dir: &Path) -> Node {
+    Node::builder()
+        .dir(dir)
+        .small_segments()
+        .arg("--segment-max-age")
+        .arg("1s")
+        .workers(1)
+        .start()
+}
+
 /// With default retention, every sealed segment is compacted and goes back to `spare/`, where
 /// the next segments reuse it; `cat` reads the session whole from the compacted files.
 #[test]
 fn compaction_retires_segments_and_cat_reads_the_compacted_files() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path();
-    let node = Node::builder()
-        .dir(dir)
-        .small_segments()
-        .arg("--segment-max-age")
-        .arg("1s")
-        .workers(1)
-        .start();
+    let node = rolling_node(dir);
     let s = node.start_web("web-key");
     let (token, sid) = (Node::token(&s), Node::session_id(&s));
     // ~20 MB through 4 MiB segments: several rolls, into files the compactor gave back.
@@ -142,13 +147,7 @@ fn runs_as_root() -> bool {
 fn a_compactor_close_behind_yields_the_cpu() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path();
-    let node = Node::builder()
-        .dir(dir)
-        .small_segments()
-        .arg("--segment-max-age")
-        .arg("1s")
-        .workers(1)
-        .start();
+    let node = rolling_node(dir);
     let yielding = |node: &Node| {
         sample(
             &node.admin_get("/metrics").1,

@@ -127,9 +127,10 @@ pub struct CompactorStats {
 
 /// The running compactor thread.
 pub struct Compactor {
-    thread: Option<JoinHandle<()>>,
-    /// Its priority's keeper (`None`: the compactor runs at normal priority all along).
+    /// Its priority's keeper (`None`: the compactor runs at normal priority all along). Before
+    /// `thread`: dropped first, so that it never sets the policy of a thread no longer joinable.
     keeper: Option<Keeper>,
+    thread: Option<JoinHandle<()>>,
     stats: Arc<CompactorStats>,
 }
 
@@ -155,8 +156,8 @@ impl Compactor {
             .spawn(move || state.run(&events))?;
         let keeper = Keeper::start(&thread, inputs);
         Ok(Compactor {
-            thread: Some(thread),
             keeper,
+            thread: Some(thread),
             stats,
         })
     }
