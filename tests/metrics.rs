@@ -51,6 +51,23 @@ fn metrics_move_with_the_traffic() {
     assert_eq!(delta("replay_ingest_log_records_written_total"), 6.0);
     assert!(delta("replay_ingest_log_bytes_written_total") > 5.0 * batch.len() as f64);
     assert!(delta("replay_ingest_request_duration_seconds_count") >= 7.0);
+    // Prometheus buckets are cumulative: never decreasing, and `+Inf` is the count.
+    let buckets: Vec<f64> = after
+        .lines()
+        .filter(|l| l.starts_with("replay_ingest_request_duration_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 14, "{after}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{after}");
+    assert_eq!(
+        buckets.last().copied(),
+        Some(sample(
+            &after,
+            "replay_ingest_request_duration_seconds_count"
+        )),
+        "{after}"
+    );
+    assert!(buckets[0] > 0.0, "{after}");
     assert!(delta("replay_ingest_connections_accepted_total") >= 7.0);
     assert_eq!(sample(&after, "replay_ingest_projects"), 6.0);
 

@@ -260,7 +260,8 @@ impl Collector for Sources {
             &requests,
         )?;
         {
-            let mut cumulative = 0;
+            // Each bucket's own count: the encoder writes them out cumulatively.
+            let mut count = 0;
             let mut buckets = Vec::with_capacity(BUCKETS_US.len() + 1);
             for (i, bound) in BUCKETS_US
                 .iter()
@@ -268,8 +269,9 @@ impl Collector for Sources {
                 .chain([f64::INFINITY])
                 .enumerate()
             {
-                cumulative += m.workers.iter().map(|w| load(&w.latency[i])).sum::<u64>();
-                buckets.push((bound, cumulative));
+                let n = m.workers.iter().map(|w| load(&w.latency[i])).sum::<u64>();
+                count += n;
+                buckets.push((bound, n));
             }
             let sum = m.sum(|w| &w.latency_sum_us) as f64 / 1e6;
             let mut h = e.encode_descriptor(
@@ -279,7 +281,7 @@ impl Collector for Sources {
                 MetricType::Histogram,
             )?;
             h.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, cumulative, &buckets, None,
+                sum, count, &buckets, None,
             )?;
         }
         counter(
