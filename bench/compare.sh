@@ -44,6 +44,7 @@ SECRET=bench-secret
 PORT_NGINX=18080   # fixed by ../shared/peers/nginx/nginx.conf
 PORT_REFGO=18081
 PORT_INGEST=18082
+ADMIN_PORT_INGEST=18089
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -148,6 +149,34 @@ wait_port() {
 
 is_ingest() { [ "$1" = ingest ] || [ "$1" = ingest-fsync ]; }
 
+# node_tail BEFORE AFTER: from two /metrics scrapes, the share of requests the node took over
+# 1 ms, and the histogram bucket its p99 falls in.
+node_tail() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+def buckets(path):
+    out = {}
+    try:
+        for line in open(path):
+            if line.startswith("replay_ingest_request_duration_seconds_bucket{le="):
+                le = line.split('"')[1]
+                out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    except OSError:
+        pass
+    return out
+a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
+d = sorted((le, b[le] - a.get(le, 0.0)) for le in b)
+total = d[-1][1] if d else 0
+if not total:
+    print("no histogram")
+    sys.exit()
+over_1ms = total - dict(d).get(0.001, total)
+p99 = next(le for le, n in d if n >= 0.99 * total)
+bound = "above 5 s" if p99 == float("inf") else f"<= {p99 * 1e6:.0f} µs"
+print(f"{100 * over_1ms / total:.2f}% over 1 ms, p99 {bound}")
+PY
+}
+
 # start_target TARGET LABEL: a fresh server (replay-ingest: a fresh data directory).
 start_target() {
   local target=$1 label=$2
@@ -158,7 +187,7 @@ start_target() {
       [ "$target" = ingest-fsync ] && durability=fsync
       # Default settings otherwise: the disk budget (80% of the file system), the compactor.
       TOKEN_SECRET=$SECRET "$INGEST_BIN" serve --listen "127.0.0.1:$PORT_INGEST" --data-dir "$data" \
-        --durability "$durability" >"$SERVER_LOG" 2>&1 &
+        --admin-listen "127.0.0.1:$ADMIN_PORT_INGEST" --durability "$durability" >"$SERVER_LOG" 2>&1 &
       SERVER_PID=$!; PIDS+=("$SERVER_PID"); PORT=$PORT_INGEST; DATA_DIR=$data
       wait_port "$PORT"
       for _ in $(seq 1 50); do [ -s "$data/demo-project-key" ] && break; sleep 0.1; done
@@ -331,9 +360,14 @@ if [ "$EXTRAS" = 1 ] && [[ " $TARGETS " == *" ingest "* ]]; then
   if [ "${SAT:-0}" -gt 0 ]; then
     start_target ingest open
     HALF=$((SAT / 2))
+    curl -s "http://127.0.0.1:$ADMIN_PORT_INGEST/metrics" >"$TMP/open-loop.metrics.before" || true
     out=$("$BENCH_BIN" mix --url "http://127.0.0.1:$PORT" -c 64 -t 1 -d "${DURATION}s" --rate "$HALF" \
           --server-pid "$SERVER_PID" --project-key "$PROJECT_KEY" 2>"$TMP/logs/open-loop.log" | grep '^BENCHSTAT')
+    curl -s "http://127.0.0.1:$ADMIN_PORT_INGEST/metrics" >"$TMP/open-loop.metrics.after" || true
     echo "- open loop, tracker mix at $HALF req/s (half of the closed-loop median $SAT): p50 $(echo "$out" | kv p50_us) µs, p99 $(echo "$out" | kv p99_us) µs, p99.9 $(echo "$out" | kv p999_us) µs, max $(echo "$out" | kv max_us) µs, answered $(echo "$out" | kv requests), errors $(( $(echo "$out" | kv err_status) + $(echo "$out" | kv err_io) )), backlog at end $(echo "$out" | kv backlog) (goal: p99 <= 1000 µs)"
+    # What of that tail is the client's and what the node's: the client's lateness (intended
+    # send to its send) is inside every latency above; the node's histogram times head to answer.
+    echo "  the client sent 1% of its requests $(echo "$out" | kv late_p99_us) µs or more late (p99.9 $(echo "$out" | kv late_p999_us) µs); the node's own time, head to answer: $(node_tail "$TMP/open-loop.metrics.before" "$TMP/open-loop.metrics.after")"
     stop_target
   fi
   start_target ingest idle

@@ -77,6 +77,10 @@ pub struct Stats {
     pub batches: u64,
     /// Open loop: requests still waiting for a connection when the run ended.
     pub backlog_at_end: u64,
+    /// Open loop: microseconds from each request's intended send to the moment this client
+    /// began sending it. Part of every latency above; what the client's own delays (its
+    /// thread not running, or busy with other connections) add before the server sees a byte.
+    pub lateness: Histogram<u64>,
 }
 
 impl Stats {
@@ -89,6 +93,7 @@ impl Stats {
             starts: 0,
             batches: 0,
             backlog_at_end: 0,
+            lateness: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
         }
     }
 
@@ -104,6 +109,7 @@ impl Stats {
         self.starts += other.starts;
         self.batches += other.batches;
         self.backlog_at_end += other.backlog_at_end;
+        self.lateness.add(&other.lateness).expect("same bounds");
     }
 
     pub fn answered(&self) -> u64 {
@@ -496,6 +502,10 @@ impl<'p> ThreadLoop<'p> {
 
     fn begin_request(&mut self, i: usize, since: Instant) {
         let plan = self.plan;
+        if self.interval.is_some() {
+            let late = since.elapsed().as_micros() as u64;
+            self.stats.lateness.saturating_record(late.max(1));
+        }
         let c = &mut self.conns[i];
         c.since = since;
         c.written = 0;

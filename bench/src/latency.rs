@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// One stream of an `XREAD` reply: its name, and its entries' ids and fields.
+type XreadStream = (String, Vec<(String, Vec<(String, Vec<u8>)>)>);
+
 const MARK: &[u8; 8] = b"FWDLAT01";
 
 pub struct Probe {
@@ -138,7 +141,7 @@ pub fn run(p: &Probe) -> anyhow::Result<Outcome> {
                     .arg(&last)
                     .query(&mut conn)?;
                 let now = Instant::now();
-                let entries: Vec<(String, Vec<(String, Vec<(String, Vec<u8>)>)>)> = match reply {
+                let entries: Vec<XreadStream> = match reply {
                     redis::Value::Nil => continue,
                     other => redis::from_redis_value(other)?,
                 };

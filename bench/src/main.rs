@@ -433,6 +433,18 @@ fn report(
         stats.starts,
         stats.batches
     );
+    let late = &stats.lateness;
+    let late_q = |p: f64| late.value_at_quantile(p);
+    if load.rate.is_some() {
+        eprintln!(
+            "send lateness µs (intended send to the client's send, part of the latency): p50 {} \
+             p90 {} p99 {} p99.9 {}",
+            late_q(0.5),
+            late_q(0.9),
+            late_q(0.99),
+            late_q(0.999)
+        );
+    }
     if !stats.by_status.is_empty() {
         let by: Vec<String> = stats
             .by_status
@@ -480,7 +492,8 @@ fn report(
         "BENCHSTAT requests={answered} ok={} duration_us={} body_bytes={} p50_us={} p90_us={} \
          p99_us={} p999_us={} max_us={} err_status={errors_by_status} err_io={io_errors} \
          starts={} batches={} backlog={} server_cpu_us={server_cpu_us} server_hwm_kib={hwm} \
-         server_rss_kib={rss} client_cpu_us={client_cpu_us}",
+         server_rss_kib={rss} client_cpu_us={client_cpu_us} late_p50_us={} late_p99_us={} \
+         late_p999_us={}",
         stats.ok(),
         elapsed.as_micros(),
         stats.body_bytes,
@@ -492,6 +505,9 @@ fn report(
         stats.starts,
         stats.batches,
         stats.backlog_at_end,
+        late_q(0.5),
+        late_q(0.99),
+        late_q(0.999),
     );
 }
 
