@@ -67,7 +67,6 @@ fn metrics_move_with_the_traffic() {
         )),
         "{after}"
     );
-    assert!(buckets[0] > 0.0, "{after}");
     assert!(delta("replay_ingest_connections_accepted_total") >= 7.0);
     assert_eq!(sample(&after, "replay_ingest_projects"), 6.0);
 
