@@ -268,7 +268,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
 
     let sources = replay_ingest::admin::metrics::Sources {
         node: Arc::clone(&node),
-        segments: Arc::clone(&segments),
+        segments: segments.counters(),
         compactor: Arc::clone(compactor_events.1.stats()),
         forwarders: forwarders
             .iter()

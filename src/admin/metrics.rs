@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::compact::CompactorStats;
 use crate::db::WriterStats;
 use crate::forward::ForwardStats;
-use crate::log::SegmentService;
+use crate::log::SegmentCounters;
 use crate::routes::{NodeState, Route};
 
 /// Route label values, by [`route_index`].
@@ -170,7 +170,7 @@ impl Metrics {
 #[derive(Clone)]
 pub struct Sources {
     pub node: Arc<NodeState>,
-    pub segments: Arc<SegmentService>,
+    pub segments: SegmentCounters,
     pub compactor: Arc<CompactorStats>,
     pub forwarders: Vec<(&'static str, Arc<ForwardStats>)>,
     pub database: Option<Arc<WriterStats>>,
@@ -358,7 +358,7 @@ impl Collector for Sources {
             m.sum(|w| &w.flushed_records),
         )?;
 
-        let segments = self.segments.segment_counts();
+        let segments = self.segments.get();
         counter(
             e,
             "segments_created",

@@ -403,13 +403,13 @@ impl SegmentService {
     /// Segment files created new, reused from `spare/`, retired after every consumer passed
     /// them, and forced out unconsumed by the retention limit.
     pub fn segment_counts(&self) -> SegmentCounts {
-        let s = &self.shared;
-        SegmentCounts {
-            created: s.created.load(Ordering::Relaxed),
-            reused: s.reused.load(Ordering::Relaxed),
-            retired: s.retired.load(Ordering::Relaxed),
-            forced_out: s.forced_out.load(Ordering::Relaxed),
-        }
+        self.counters().get()
+    }
+
+    /// A handle on [`SegmentService::segment_counts`] that does not hold the service: the
+    /// admin listener keeps one to the end, while the node shuts the service down before it.
+    pub fn counters(&self) -> SegmentCounters {
+        SegmentCounters(Arc::clone(&self.shared))
     }
 
     /// Called on the worker's own thread (the writer is `!Send`). One writer per worker at a time.
@@ -456,6 +456,22 @@ impl SegmentService {
 impl Drop for SegmentService {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// See [`SegmentService::counters`].
+#[derive(Clone)]
+pub struct SegmentCounters(Arc<Shared>);
+
+impl SegmentCounters {
+    pub fn get(&self) -> SegmentCounts {
+        let s = &self.0;
+        SegmentCounts {
+            created: s.created.load(Ordering::Relaxed),
+            reused: s.reused.load(Ordering::Relaxed),
+            retired: s.retired.load(Ordering::Relaxed),
+            forced_out: s.forced_out.load(Ordering::Relaxed),
+        }
     }
 }
 
