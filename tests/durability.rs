@@ -68,6 +68,14 @@ fn restart_keeps_everything() {
 
     let status = node.stop();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    // A clean stop is quiet: every part is stopped in its turn, none reports an error (the
+    // segment service used to be still shared with the admin listener and log one).
+    let log = std::fs::read_to_string(stderr_path(&dir)).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "errors logged by a clean stop: {errors:#?}"
+    );
     for f in segment_files(&dir) {
         let bytes = std::fs::read(&f).unwrap();
         let scan = scan_segment(&bytes).unwrap();
