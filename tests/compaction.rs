@@ -113,8 +113,13 @@ fn compaction_retires_segments_and_cat_reads_the_compacted_files() {
     assert!(count("retired") >= 4, "{line}");
     assert!(count("reused") >= 1, "{line}");
     assert_eq!(count("forced"), 0, "{line}");
+    // The pool is bounded: with room in the budget (a temporary directory has plenty), its
+    // larger size for one worker, plus one a prepare took out and gave back at the stop.
     let spare = files_in(&dir.join("segments").join("spare")).len();
-    assert!(spare <= 3, "spare files kept: {spare}");
+    assert!(
+        spare <= replay_ingest::log::SPARES_KEPT_WITH_ROOM + 1,
+        "spare files kept: {spare}"
+    );
 }
 
 /// The scheduling policy of the node's compactor thread, as the kernel reports it (field 41 of

@@ -45,7 +45,9 @@ pub use format::{HeaderError, SegmentHeader, SegmentName};
 pub use reader::{read_records, StoredRecord};
 pub use recovery::{recover, RecoverySummary};
 pub use scan::{scan_segment, RecordClass, ScannedRecord, SegmentScan};
-pub use service::{SegmentCounters, SegmentCounts, SegmentService};
+pub use service::{
+    SegmentCounters, SegmentCounts, SegmentService, SPARES_KEPT, SPARES_KEPT_WITH_ROOM,
+};
 pub use writer::{Reservation, SegmentWriter};
 
 /// What a record holds; decides where downstream consumers read it from.

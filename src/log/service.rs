@@ -23,8 +23,17 @@
 //! forwarded, or otherwise retired) should be moved into `segments/spare/` rather than deleted:
 //! the next prepared segment reuses the newest file found there (its pages likely still cached),
 //! renamed and resized, instead of creating one. Its stale bytes are harmless: see
-//! `format` on salts and end marks. The service keeps at most [`SPARES_KEPT`] per worker and
-//! deletes the oldest beyond that; a rolled segment that holds no record goes there too.
+//! `format` on salts and end marks. A rolled segment that holds no record goes there too.
+//!
+//! How many are kept: [`SPARES_KEPT`] per worker always, and up to [`SPARES_KEPT_WITH_ROOM`]
+//! per worker while the data directory (spares included) uses at most half its disk budget;
+//! beyond that the oldest are deleted, at the next retirement check. The larger pool is for
+//! bursts: while the compactor is behind no file comes back, so a burst writes new files, and
+//! when it has caught up, a small pool would delete most of what it retired. The next burst
+//! then takes new pages again, which is dearer still on a virtual machine that hands freed
+//! memory back to its host (free page reporting): 0.5 GB/s to fault in and zero there, against
+//! 6-8 GB/s for pages freed a moment before (`bench/RESULTS.md`, run 15). Kept under half the
+//! budget, the pool never costs compacted data: the compactor deletes that only near the budget.
 //!
 //! A file is taken only when nothing else has it open (a write lease; see `mmap`): a segment
 //! moved there too early (its writer or the service still holding it) or one still being copied
@@ -73,6 +82,8 @@ const PREFAULT_QUEUE: usize = 1024;
 const DEFERRED_SEAL_RETRY: Duration = Duration::from_millis(20);
 /// Spare files kept per worker (see the module doc); older ones are deleted.
 pub const SPARES_KEPT: usize = 2;
+/// Spare files kept per worker while the data directory uses at most half its budget.
+pub const SPARES_KEPT_WITH_ROOM: usize = 16;
 /// How often sealed segments are checked against the consumers' saved cursors: cursors are
 /// saved about once a second, so a quarter of that retires a consumed segment promptly.
 const RETIRE_CHECK: Duration = Duration::from_millis(250);
@@ -217,6 +228,18 @@ impl Shared {
         made
     }
 
+    /// How many spare files the pool keeps now (see the module doc).
+    fn spares_to_keep(&self) -> usize {
+        let budget = self.consumers.budget();
+        let room = budget.used().saturating_add(self.capacity as u64) <= budget.limit() / 2;
+        let per_worker = if room {
+            SPARES_KEPT_WITH_ROOM
+        } else {
+            SPARES_KEPT
+        };
+        per_worker * self.workers.len().max(1)
+    }
+
     fn has_spare(&self) -> bool {
         list_spares(&self.spare_dir()).is_ok_and(|spares| !spares.is_empty())
     }
@@ -236,13 +259,9 @@ impl Shared {
             Err(e) => return Err(e),
         };
         // One is taken now; `keep` more stay for the next rolls.
-        let keep = SPARES_KEPT * self.workers.len().max(1);
+        let keep = self.spares_to_keep();
         if spares.len() > keep + 1 {
-            for old in spares.drain(keep + 1..) {
-                if let Err(e) = std::fs::remove_file(&old) {
-                    log::debug!("removing spare {}: {e}", old.display());
-                }
-            }
+            delete_spares(spares.drain(keep + 1..));
         }
         for spare in spares {
             let file = match OpenOptions::new().read(true).write(true).open(&spare) {
@@ -715,6 +734,7 @@ impl Retained {
             }
         }
         self.segments = kept;
+        trim_spares(shared);
         self.publish_lags(shared, now);
         if let Err(e) = self.enforce_budget(shared, 0) {
             log::error!("disk budget: {e}");
@@ -805,7 +825,7 @@ impl Retained {
 fn retire(shared: &Shared, path: &Path) {
     let spare_dir = shared.spare_dir();
     let spares = std::fs::read_dir(&spare_dir).map_or(0, |d| d.count());
-    let result = if spares < SPARES_KEPT * shared.workers.len().max(1) {
+    let result = if spares < shared.spares_to_keep() {
         std::fs::rename(path, spare_dir.join(path.file_name().unwrap_or_default()))
     } else {
         std::fs::remove_file(path)
@@ -815,6 +835,26 @@ fn retire(shared: &Shared, path: &Path) {
         // Gone already: someone else retired it.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => log::error!("retiring {}: {e}", path.display()),
+    }
+}
+
+/// Deletes the oldest spare files beyond what the pool keeps now (the data directory grew past
+/// half its budget since they were kept).
+fn trim_spares(shared: &Shared) {
+    let Ok(mut spares) = list_spares(&shared.spare_dir()) else {
+        return;
+    };
+    let keep = shared.spares_to_keep();
+    if spares.len() > keep {
+        delete_spares(spares.drain(keep..));
+    }
+}
+
+fn delete_spares(spares: impl Iterator<Item = PathBuf>) {
+    for old in spares {
+        if let Err(e) = std::fs::remove_file(&old) {
+            log::debug!("removing spare {}: {e}", old.display());
+        }
     }
 }
 
