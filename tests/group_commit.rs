@@ -177,7 +177,7 @@ fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
     );
     assert_eq!(rig.log.flushes(), (0, 0));
 
-    rig.log.end_turn();
+    rig.log.end_turn().unwrap();
     assert_eq!(
         rig.log.flushes(),
         (1, 3),
@@ -193,8 +193,49 @@ fn fsync_answers_wait_for_the_turns_flush_and_one_flush_covers_the_turn() {
     assert!(!conn.awaits_sync());
 
     // A turn without stored records flushes nothing.
-    rig.log.end_turn();
+    rig.log.end_turn().unwrap();
     assert_eq!(rig.log.flushes(), (1, 3));
+    rig.stop();
+}
+
+/// A flush that fails (a device error, injected at the storage seam) must not be followed by
+/// the 200s it held: one 500 goes in their place and the connection closes, so the client sends
+/// again; the records stay in the log.
+#[test]
+fn a_failed_flush_answers_500_and_closes_instead_of_the_held_200s() {
+    let mut rig = Rig::new(Some(Durability::Fsync));
+    let mut conn = rig.conn(3);
+    assert_eq!(rig.drive(&mut conn), Step::Wait);
+    assert!(conn.awaits_sync());
+    rig.log.inject_flush_failures(true);
+    assert!(rig.log.end_turn().is_err(), "the failure is reported");
+    conn.sync_failed(false);
+    rig.drive(&mut conn);
+    let written = String::from_utf8_lossy(&conn.socket().written).into_owned();
+    assert_eq!(
+        answers(conn.socket().written.as_slice()),
+        0,
+        "no 200: {written}"
+    );
+    assert!(
+        written.starts_with("HTTP/1.1 500 ") && written.matches("HTTP/1.1 ").count() == 1,
+        "one 500: {written}"
+    );
+    assert!(written.contains("Connection: close"), "{written}");
+    assert!(
+        written.ends_with(r#"{"error":"cannot store the request"}"#),
+        "{written}"
+    );
+    assert_eq!(rig.log.written().0, 3, "the records stay in the log");
+
+    // A flush that works again answers as before.
+    rig.log.inject_flush_failures(false);
+    let mut next = rig.conn(1);
+    rig.drive(&mut next);
+    rig.log.end_turn().unwrap();
+    next.synced();
+    rig.drive(&mut next);
+    assert_eq!(answers(&next.socket().written), 1);
     rig.stop();
 }
 

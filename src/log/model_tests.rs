@@ -786,7 +786,7 @@ impl Node {
         };
         let w = &mut self.writers[usize::from(worker)];
         w.append(meta, b"", &[&body(id, len)]).unwrap();
-        w.end_turn();
+        w.end_turn().unwrap();
         if model.appended(worker, meta, len) {
             model.started(worker, newest(self.dir.path(), worker))?;
         }

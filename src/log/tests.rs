@@ -1124,7 +1124,7 @@ fn a_waiting_consumer_wakes_when_a_record_is_committed() {
     std::thread::sleep(Duration::from_millis(100));
     w.append(meta(1, 1, RecordKind::WebBatch), b"", &[b"x"])
         .unwrap();
-    w.end_turn();
+    w.end_turn().unwrap();
     let (n, waited) = reader.join().unwrap();
     assert_eq!(n, 1);
     assert!(waited < Duration::from_secs(30), "woken, not timed out");
@@ -1451,7 +1451,7 @@ fn records_committed_before_another_arrived_are_read_first() {
                     } else {
                         w.append(m, b"", &[&n.to_le_bytes()]).unwrap();
                     }
-                    w.end_turn();
+                    w.end_turn().unwrap();
                     turn.store(n + 1, SeqCst);
                 }
                 w.close().unwrap();
@@ -1506,7 +1506,7 @@ fn a_consumer_behind_another_reads_only_what_the_leader_committed() {
         )
         .unwrap();
     }
-    w.end_turn();
+    w.end_turn().unwrap();
     let body = |r: &LogRecord| u64::from_le_bytes(r.body[..8].try_into().unwrap());
     let mut out = Vec::new();
     follower

@@ -132,15 +132,27 @@ impl SegmentWriter {
     /// answers. With "fsync" durability it writes back every range committed this turn (one
     /// msync each, and the directory after a roll) and counts a flush; then, if records were
     /// committed, it wakes consumers waiting for them (once for the whole turn).
-    pub fn end_turn(&mut self) {
+    ///
+    /// An error means the turn's records may not be on the device: their held answers must not
+    /// say 200 (the worker answers 500 instead). The records stay in the log, and the flush is
+    /// not retried: after a failed write-back Linux marks the pages clean, so a second try
+    /// would succeed without writing them.
+    pub fn end_turn(&mut self) -> Result<(), LogError> {
         let turn = &self.turn;
+        let mut failed = None;
         if turn.durability == Durability::Fsync {
             let mut dirty = turn.dirty.borrow_mut();
             let records = turn.epoch.get() - turn.synced_epoch.get();
             if records > 0 || !dirty.is_empty() {
                 for (map, start, end) in dirty.drain(..) {
-                    if let Err(e) = map.sync_range(start, end - start) {
+                    let synced = if turn.fail_flushes.get() {
+                        Err(std::io::Error::other("write-back failure injected"))
+                    } else {
+                        map.sync_range(start, end - start)
+                    };
+                    if let Err(e) = synced {
                         log::error!("worker {}: writing back records: {e}", self.worker);
+                        failed.get_or_insert(e);
                     }
                 }
                 if turn.dir_dirty.replace(false) {
@@ -148,6 +160,7 @@ impl SegmentWriter {
                         File::open(&self.shared.segments_dir).and_then(|dir| dir.sync_all());
                     if let Err(e) = synced {
                         log::error!("worker {}: syncing the segment directory: {e}", self.worker);
+                        failed.get_or_insert(e);
                     }
                 }
                 turn.synced_epoch.set(turn.epoch.get());
@@ -158,6 +171,14 @@ impl SegmentWriter {
         if turn.committed.replace(false) {
             self.shared.consumers.wake();
         }
+        failed.map_or(Ok(()), |e| Err(LogError::Io(e)))
+    }
+
+    /// The storage seam for tests: while on, every "fsync" write-back fails as a device error
+    /// would (nothing else changes). Not for production use.
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, on: bool) {
+        self.turn.fail_flushes.set(on);
     }
 
     /// Records committed so far; with "fsync" durability, an answer written after this moved
@@ -474,6 +495,8 @@ struct TurnState {
     dirty: RefCell<Vec<(Arc<SegmentMap>, usize, usize)>>,
     /// A segment was renamed into place since the last flush.
     dir_dirty: Cell<bool>,
+    /// `inject_flush_failures`.
+    fail_flushes: Cell<bool>,
 }
 
 impl TurnState {
@@ -486,6 +509,7 @@ impl TurnState {
             synced_epoch: Cell::new(0),
             dirty: RefCell::new(Vec::with_capacity(16)),
             dir_dirty: Cell::new(false),
+            fail_flushes: Cell::new(false),
         }
     }
 

@@ -281,6 +281,27 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.sync_hold = None;
     }
 
+    /// The worker's flush failed: the held answers must not go, since their records may not
+    /// be on the device. In their place one 500 that closes the connection; what was pipelined
+    /// behind them is dropped unanswered. The client sends it all again, and the records it had
+    /// sent stay in the log (at least once). The request metrics keep the 200s they counted
+    /// when the answers were written; the writer's error log line is what reports the failure.
+    pub fn sync_failed(&mut self, cors: bool) {
+        let Some(at) = self.sync_hold.take() else {
+            return;
+        };
+        self.out.truncate(at);
+        write_error(
+            &mut self.out,
+            Status::InternalServerError,
+            ResponseOptions::closing(cors),
+            "cannot store the request",
+        );
+        self.start = self.end;
+        self.close_after_flush = true;
+        self.state = State::Closing;
+    }
+
     /// After a request finished: if it committed records (the log's epoch moved) and they are
     /// to be written back before the answer, hold the answer written from `at` on.
     fn hold_if_stored(&mut self, env: &Env<'_, '_>, epoch: u64, at: usize) {

@@ -162,8 +162,8 @@ impl Worker {
             }
             // Group commit ("fsync" durability): one write-back for the turn, then the
             // answers that waited for it.
-            self.log.end_turn();
-            self.release_synced(now);
+            let flushed = self.log.end_turn().is_ok();
+            self.release_synced(now, flushed);
             self.metrics
                 .publish_log(self.log.written(), self.log.flushes());
             if let Some(beat) = &self.heartbeat {
@@ -293,14 +293,19 @@ impl Worker {
         }
     }
 
-    /// Sends the answers that waited for this turn's flush (driving the connection again, which
-    /// also takes its next requests).
-    fn release_synced(&mut self, now: Instant) {
+    /// Sends the answers that waited for this turn's flush, or a 500 in their place if it
+    /// failed (driving the connection again, which also takes its next requests).
+    fn release_synced(&mut self, now: Instant, flushed: bool) {
         std::mem::swap(&mut self.synced, &mut self.awaiting_sync);
         let mut synced = std::mem::take(&mut self.synced);
+        let cors = self.node.live.use_cors();
         for &key in &synced {
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.synced();
+                if flushed {
+                    conn.synced();
+                } else {
+                    conn.sync_failed(cors);
+                }
                 self.drive(key, now);
             }
         }
