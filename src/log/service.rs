@@ -821,16 +821,13 @@ impl Retained {
     }
 }
 
-/// Moves a sealed segment into `spare/` while it holds fewer than it keeps, deletes it otherwise.
+/// Moves a sealed segment into `spare/`; `trim_spares`, right after the retirements, deletes
+/// the oldest beyond what the pool keeps.
 fn retire(shared: &Shared, path: &Path) {
-    let spare_dir = shared.spare_dir();
-    let spares = std::fs::read_dir(&spare_dir).map_or(0, |d| d.count());
-    let result = if spares < shared.spares_to_keep() {
-        std::fs::rename(path, spare_dir.join(path.file_name().unwrap_or_default()))
-    } else {
-        std::fs::remove_file(path)
-    };
-    match result {
+    let spare = shared
+        .spare_dir()
+        .join(path.file_name().unwrap_or_default());
+    match std::fs::rename(path, spare) {
         Ok(()) => {}
         // Gone already: someone else retired it.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -838,8 +835,8 @@ fn retire(shared: &Shared, path: &Path) {
     }
 }
 
-/// Deletes the oldest spare files beyond what the pool keeps now (the data directory grew past
-/// half its budget since they were kept).
+/// Deletes the oldest spare files beyond what the pool keeps now: what the retirements just
+/// added, or all but the floor once the data directory grew past half its budget.
 fn trim_spares(shared: &Shared) {
     let Ok(mut spares) = list_spares(&shared.spare_dir()) else {
         return;
