@@ -251,6 +251,21 @@ fn malformed_batches_are_quarantined_with_their_reason() {
     );
     let log = std::fs::read_to_string(stderr_path(dir)).unwrap();
     assert!(log.contains("2 quarantined"), "counted: {log}");
+    // One warning a quarantine file, not one a record: a client sending only malformed
+    // batches must not flood the log.
+    let warned: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("compactor: quarantined "))
+        .map(|l| {
+            let n = l.split("compactor: quarantined ").nth(1).unwrap();
+            n.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        (warned.len(), warned.iter().sum::<usize>()),
+        (files_in(&dir.join("quarantine")).len(), 2),
+        "{log}"
+    );
 }
 
 /// Batches of one page that arrive out of order come back from `cat` by firstIndex, whether

@@ -429,11 +429,6 @@ impl State {
                     worker: record.origin.worker,
                     seq: record.origin.segment_seq,
                 };
-                log::warn!(
-                    "quarantined a record of session {} from {}: {reason}",
-                    record.meta.session_id,
-                    segment.file_name()
-                );
                 Quarantined {
                     meta: record.meta,
                     segment,
@@ -446,6 +441,7 @@ impl State {
             .collect();
         quarantine::write(
             &self.quarantine_dir,
+            "compactor",
             first.trim_end_matches(crate::log::format::SEGMENT_SUFFIX),
             &entries,
         )

@@ -45,7 +45,13 @@ impl<'a> Quarantined<'a> {
 }
 
 /// Writes `records` to a new quarantine file in `dir` named with `tag`; durable on return.
-pub fn write(dir: &Path, tag: &str, records: &[Quarantined<'_>]) -> io::Result<()> {
+/// Logs one warning for the file (`who` set aside how many, the first one's session and
+/// reason), each record at debug level: a client that sends nothing but malformed batches
+/// must not turn every one of them into a log line. The file holds every reason.
+pub fn write(dir: &Path, who: &str, tag: &str, records: &[Quarantined<'_>]) -> io::Result<()> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
     std::fs::create_dir_all(dir)?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -69,5 +75,20 @@ pub fn write(dir: &Path, tag: &str, records: &[Quarantined<'_>]) -> io::Result<(
     let mut file = File::options().create(true).append(true).open(&path)?;
     file.write_all(&out)?;
     file.sync_all()?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    log::warn!(
+        "{who}: quarantined {} record(s) into {}; the first, of session {}: {}",
+        records.len(),
+        path.display(),
+        first.meta.session_id,
+        first.reason
+    );
+    for r in records {
+        log::debug!(
+            "{who}: quarantined a record of session {}: {}",
+            r.meta.session_id,
+            r.reason
+        );
+    }
+    Ok(())
 }

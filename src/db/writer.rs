@@ -364,17 +364,15 @@ impl Writer {
             .fetch_add(refused.len() as u64, Ordering::Relaxed);
         let entries: Vec<Quarantined<'_>> = refused
             .iter()
-            .map(|(at, reason)| {
-                let record = &self.records[*at];
-                log::warn!(
-                    "database writer: quarantined the row of session {}: {reason}",
-                    record.meta.session_id
-                );
-                Quarantined::of(record, reason.clone())
-            })
+            .map(|(at, reason)| Quarantined::of(&self.records[*at], reason.clone()))
             .collect();
-        quarantine::write(&self.quarantine_dir, "database", &entries)
-            .map_err(|e| format!("cannot write its quarantine file: {e}"))
+        quarantine::write(
+            &self.quarantine_dir,
+            "database writer",
+            "database",
+            &entries,
+        )
+        .map_err(|e| format!("cannot write its quarantine file: {e}"))
     }
 }
 

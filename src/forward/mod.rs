@@ -283,16 +283,10 @@ impl Loop {
     fn quarantine(&self, refused: &[(&LogRecord, String)]) -> io::Result<()> {
         let entries: Vec<Quarantined<'_>> = refused
             .iter()
-            .map(|(record, reason)| {
-                log::warn!(
-                    "forwarder {}: quarantined a record of session {}: {reason}",
-                    self.producer.name(),
-                    record.meta.session_id
-                );
-                Quarantined::of(record, reason.clone())
-            })
+            .map(|(record, reason)| Quarantined::of(record, reason.clone()))
             .collect();
-        quarantine::write(&self.quarantine_dir, self.producer.name(), &entries)
+        let who = format!("forwarder {}", self.producer.name());
+        quarantine::write(&self.quarantine_dir, &who, self.producer.name(), &entries)
     }
 }
 
