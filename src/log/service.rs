@@ -202,6 +202,9 @@ impl Shared {
             // Allocates only what is missing: all of a new file, the cut tail of a sealed one.
             mmap::allocate(&file, self.capacity as u64)?;
             let region = mmap::map_segment(&file, self.capacity)?;
+            if self.durability == Durability::Fsync {
+                region.map().keep_folios_small()?;
+            }
             let mut prefaulted = 0;
             if prefault {
                 let window = self.prefault_window.min(self.capacity);
@@ -583,7 +586,8 @@ fn run(shared: &Shared, commands: &Receiver<Command>, mut retained: Retained) {
     let mut next_flush = std::time::Instant::now() + shared.flush_interval;
     loop {
         let now = std::time::Instant::now();
-        if now >= next_flush {
+        // "fsync" durability: every record is written back by its worker before its answer.
+        if now >= next_flush && shared.durability == Durability::Os {
             flush_active(shared);
             next_flush = now + shared.flush_interval;
         }
