@@ -4,8 +4,8 @@
 //! (shared, `Arc`) and [`Region`]s: exclusive, non-overlapping byte ranges of the mapping. The
 //! writer (a worker thread) holds the region at and past its cursor and splits records off its
 //! front; a `Reservation` holds its record's region while the socket fills it. The segment
-//! service's threads only pre-fault ranges (which never changes bytes) and, once every handle to
-//! a mapping is gone, unmap it before truncating the file.
+//! service's threads only pre-fault and write back ranges (neither changes a byte) and, once
+//! every handle to a mapping is gone, unmap it before truncating the file.
 //!
 //! Why the `unsafe` here is sound:
 //! * Ownership: a `SegmentMap` is created only by [`map_segment`], which hands out exactly one
@@ -99,8 +99,8 @@ impl SegmentMap {
     /// First it drops this process's page table entries for the whole pages of the range
     /// (MADV_DONTNEED). Write-back must write-protect every mapped dirty page, and each
     /// write-protect on its own flushes the TLB of every core that runs one of our threads: an
-    /// IPI per page, which measured a quarter of a worker's time in "fsync" mode. Dropping the
-    /// entries first costs one batched flush for the range; the pages stay in the page cache,
+    /// IPI per page, a quarter of a worker's time in "fsync" mode in run 15's profile. Dropping
+    /// the entries first costs one batched flush for the range; the pages stay in the page cache,
     /// marked dirty, and the next touch of one (a consumer's read, a reservation finishing its
     /// body in the range's last page) maps it again from there.
     pub fn sync_range(&self, offset: usize, len: usize) -> io::Result<()> {
@@ -122,8 +122,8 @@ impl SegmentMap {
             // SAFETY: the range lies in the mapping (checked above) and the mapping is shared
             // and backed by the file, so MADV_DONTNEED discards no data: dirty page table
             // entries hand their dirty bit to the page cache, and any later access, by any
-            // thread, reads the same bytes back from it. No reference into the mapping is
-            // invalidated, because none points at page table entries.
+            // thread, reads the same bytes back from it. The virtual range stays mapped (only
+            // its page table entries go), so every slice into the mapping stays valid.
             unsafe {
                 self.raw
                     .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)?;
