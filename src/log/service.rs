@@ -144,6 +144,11 @@ pub(crate) struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Makes `.prep-` names unique.
     prep_counter: AtomicU64,
+    /// Held while a new segment file is checked against the budget, created and allocated, and
+    /// while the budget's use is measured and published: a writer that stalled and the service
+    /// may both create a file at once, and each must see the other's (else both pass the check,
+    /// or a measurement taken before one file was allocated overwrites its count).
+    creating: parking_lot::Mutex<()>,
     /// Segment files reused from `spare/`, and new ones created.
     pub reused: AtomicU64,
     pub created: AtomicU64,
@@ -185,6 +190,7 @@ impl Shared {
                     // prepares, `make_room_for_segment`) could make room. While the compactor
                     // can still delete, its headroom covers the file.
                     let budget = self.consumers.budget();
+                    let _creating = self.creating.lock();
                     if budget.excess_with(self.capacity as u64) > 0 && !budget.others_can_free() {
                         return Err(io::Error::new(io::ErrorKind::StorageFull, BudgetRefusal));
                     }
@@ -196,6 +202,7 @@ impl Shared {
                         .mode(0o644)
                         .open(&prep_path)?;
                     budget.add_segment_bytes(self.capacity as u64);
+                    mmap::allocate(&file, self.capacity as u64)?;
                     file
                 }
             };
@@ -383,6 +390,7 @@ impl SegmentService {
             prefault_supported: AtomicBool::new(true),
             workers,
             prep_counter: AtomicU64::new(0),
+            creating: parking_lot::Mutex::new(()),
             reused: AtomicU64::new(0),
             created: AtomicU64::new(0),
             retired: AtomicU64::new(0),
@@ -784,19 +792,22 @@ impl Retained {
         let spare_dir = shared.spare_dir();
         // The consumers' cursors and the forced-out record are the node's too.
         let consumers_dir = shared.consumers.data_dir().join(consumer::CONSUMERS_DIR);
-        let measure = || -> io::Result<u64> {
-            Ok(dir_bytes(&shared.segments_dir)?
+        let measure = || -> io::Result<()> {
+            let _creating = shared.creating.lock();
+            let bytes = dir_bytes(&shared.segments_dir)?
                 + dir_bytes(&spare_dir)?
-                + dir_bytes(&consumers_dir)?)
+                + dir_bytes(&consumers_dir)?;
+            budget.publish_segments(bytes);
+            Ok(())
         };
-        budget.publish_segments(measure()?);
+        measure()?;
         if budget.excess_with(need) > 0 && !budget.others_can_free() {
             for spare in list_spares(&spare_dir)? {
                 if budget.excess_with(need) == 0 {
                     break;
                 }
                 if std::fs::remove_file(&spare).is_ok() {
-                    budget.publish_segments(measure()?);
+                    measure()?;
                 }
             }
             while budget.excess_with(need) > 0 {
@@ -817,7 +828,7 @@ impl Retained {
                 }
                 shared.forced_out.fetch_add(1, Ordering::Relaxed);
                 shared.consumers.record_forced_out(name, len);
-                budget.publish_segments(measure()?);
+                measure()?;
             }
         }
         budget.set_full(budget.excess() > 0 && self.segments.is_empty());
