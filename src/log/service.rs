@@ -144,10 +144,12 @@ pub(crate) struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Makes `.prep-` names unique.
     prep_counter: AtomicU64,
-    /// Held while a new segment file is checked against the budget, created and allocated, and
-    /// while the budget's use is measured and published: a writer that stalled and the service
-    /// may both create a file at once, and each must see the other's (else both pass the check,
-    /// or a measurement taken before one file was allocated overwrites its count).
+    /// Held while a segment file is taken from `spare/`, or checked against the budget, created
+    /// and allocated; and while the budget's use is measured and published. A writer that
+    /// stalled and the service may both prepare at once, and each must see what the other did:
+    /// else both pass the budget check, or a measurement taken before a new file was allocated
+    /// overwrites its count, or each finds the spare the other is opening open elsewhere
+    /// (`mmap::is_sole_opener`) and creates a file instead.
     creating: parking_lot::Mutex<()>,
     /// Segment files reused from `spare/`, and new ones created.
     pub reused: AtomicU64,
@@ -176,6 +178,9 @@ impl Shared {
         let n = self.prep_counter.fetch_add(1, Ordering::Relaxed);
         let prep_path = self.segments_dir.join(format::prep_file_name(worker, n));
         let made = (|| {
+            // One at a time: a writer that stalled and the service may prepare at once, and
+            // each must see what the other took or created (see `creating`).
+            let creating = self.creating.lock();
             let file = match self.take_spare(&prep_path)? {
                 Some(file) => {
                     self.reused.fetch_add(1, Ordering::Relaxed);
@@ -190,7 +195,6 @@ impl Shared {
                     // prepares, `make_room_for_segment`) could make room. While the compactor
                     // can still delete, its headroom covers the file.
                     let budget = self.consumers.budget();
-                    let _creating = self.creating.lock();
                     if budget.excess_with(self.capacity as u64) > 0 && !budget.others_can_free() {
                         return Err(io::Error::new(io::ErrorKind::StorageFull, BudgetRefusal));
                     }
@@ -206,6 +210,7 @@ impl Shared {
                     file
                 }
             };
+            drop(creating);
             // Allocates only what is missing: all of a new file, the cut tail of a sealed one.
             mmap::allocate(&file, self.capacity as u64)?;
             let region = mmap::map_segment(&file, self.capacity)?;

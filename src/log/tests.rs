@@ -879,7 +879,12 @@ fn spare_files_are_reused_and_their_stale_records_never_return() {
         load(reused) + load(created) == 4
     });
     let pool = spares_before.min(4) as u64;
-    assert_eq!((load(reused), load(created)), (pool, 4 - pool));
+    assert_eq!(
+        (load(reused), load(created)),
+        (pool, 4 - pool),
+        "{} stall(s)",
+        w.stalls()
+    );
     // Crash in the middle of a reused segment: nothing sealed it. (Which spare it is depends on
     // file times; the next test pins the end mark down with a single one.)
     std::mem::forget(w);
