@@ -206,13 +206,12 @@ impl Shared {
                         .mode(0o644)
                         .open(&prep_path)?;
                     budget.add_segment_bytes(self.capacity as u64);
-                    mmap::allocate(&file, self.capacity as u64)?;
                     file
                 }
             };
-            drop(creating);
             // Allocates only what is missing: all of a new file, the cut tail of a sealed one.
             mmap::allocate(&file, self.capacity as u64)?;
+            drop(creating);
             let region = mmap::map_segment(&file, self.capacity)?;
             if self.durability == Durability::Fsync {
                 region.map().keep_folios_small()?;
