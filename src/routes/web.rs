@@ -281,7 +281,7 @@ pub(super) fn start(
     let token = match continued_session(ctx, req.token.as_deref(), req.reset, now) {
         Some(token) => token,
         None => {
-            let delay = req.timestamp.map_or(0, |ts| now - ts);
+            let delay = req.timestamp.map_or(0, |ts| now.saturating_sub(ts));
             let timestamp = session_timestamp(&req, now);
             let encode = |message: &mut Vec<u8>| {
                 SessionStart {
