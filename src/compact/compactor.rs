@@ -73,10 +73,6 @@ pub const FAST_LEVEL: i32 = -5;
 /// How often retention (age, disk budget) is checked: the budget must follow the disk closely,
 /// and a check reads only the directory entries of new files.
 pub const RETENTION_CHECK: Duration = Duration::from_secs(1);
-/// Idle this long (no sealed segment to compact), the compactor frees the buffers it keeps for
-/// reading segments (up to two segments' worth of RSS); a busy compactor keeps them, so that a
-/// segment sealed every few seconds is read into pages that are already there.
-pub const KEEP_BUFFERS_IDLE: Duration = Duration::from_secs(10);
 /// Events queued for the compactor; a seal that finds the queue full is picked up by the next
 /// run anyway (the events are wake-ups, the consumer API says what is sealed).
 pub const EVENT_QUEUE: usize = 64;
@@ -239,7 +235,6 @@ impl State {
     fn run(&mut self, events: &Receiver<SegmentEvent>) {
         let mut next_retention = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        let mut last_work = Instant::now();
         loop {
             self.heartbeat.beat();
             // One run at a time, so that retention (and the disk budget's count of compacted
@@ -273,12 +268,8 @@ impl State {
                 next_retention = Instant::now() + RETENTION_CHECK;
             }
             let wait = if compacted > 0 {
-                last_work = Instant::now();
                 Duration::ZERO // more may be waiting: look at the events, then go on
             } else {
-                if last_work.elapsed() >= KEEP_BUFFERS_IDLE {
-                    self.consumer.release_read_buffers();
-                }
                 next_retention.saturating_duration_since(Instant::now())
             };
             match events.recv_timeout(wait) {

@@ -1,7 +1,8 @@
 //! Consumers of the log: named, durable cursors over every worker's stream of records.
 //!
 //! In: the segment files of the running node (sealed ones and the open ones being written right
-//! now), read with `pread(2)`, never mapped. Out, per consumer: committed records in order, and a
+//! now), read with `pread(2)`; whole sealed segments ([`Consumer::next_sealed`]) through a
+//! read-only mapping instead (`mmap::map_sealed`). Out, per consumer: committed records in order, and a
 //! cursor that says how far it got. Threads: a [`Consumer`] is `Send` and runs on its owner's
 //! thread (the compactor, a forwarder, the database writer); the [`ConsumerRegistry`] it belongs
 //! to is shared with the segment service (retention reads every consumer's *saved* cursor) and
@@ -77,7 +78,7 @@ use crate::log::format::{
     RecordHeader, SegmentHeader, SegmentName, RECORD_CRC_START, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN, STATE_ABANDONED, STATE_COMMITTED, STATE_END, STATE_PENDING,
 };
-use crate::log::reader::{read_segment_file, ReadBuffers, StoredRecord};
+use crate::log::reader::{read_sealed_file, StoredRecord};
 use crate::log::scan::trusted_len;
 use crate::log::{LogError, RecordKind};
 
@@ -444,7 +445,6 @@ impl ConsumerRegistry {
             save_interval: DEFAULT_SAVE_INTERVAL,
             delivered,
             leader: None,
-            buffers: ReadBuffers::default(),
         })
     }
 
@@ -564,8 +564,6 @@ pub struct Consumer {
     delivered: Delivered,
     /// The consumer this one reads behind ([`Consumer::read_behind`]).
     leader: Option<Arc<ConsumerState>>,
-    /// What [`Consumer::next_sealed`] reads whole segments into.
-    buffers: ReadBuffers,
 }
 
 impl Consumer {
@@ -787,21 +785,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// Frees the buffers [`Consumer::next_sealed`] keeps for its next reads (an idle
-    /// segment-level consumer gives their memory back).
-    pub fn release_read_buffers(&self) {
-        self.buffers.release();
-    }
-
-    /// Bytes [`Consumer::next_sealed`] keeps for its next reads.
-    pub fn kept_read_bytes(&self) -> usize {
-        self.buffers.kept_bytes()
-    }
-
     /// The next sealed segment this consumer is not past (oldest first across workers), whole;
     /// `None` when every sealed segment is behind it. Segment-level consumers only: do not mix
-    /// with [`Consumer::read`]. The segment is read into a buffer that is read into again once
-    /// every record of it is dropped.
+    /// with [`Consumer::read`]. The records are read through a read-only mapping of the segment
+    /// (`mmap::map_sealed`), which stays until the last of them is dropped.
     pub fn next_sealed(&mut self) -> Result<Option<SealedSegment>, LogError> {
         let mut candidates: BTreeMap<u16, SegmentName> = BTreeMap::new();
         for name in list_segments(&self.registry.segments_dir)? {
@@ -831,7 +818,7 @@ impl Consumer {
         };
         let path = self.registry.segments_dir.join(name.file_name());
         let mut records = Vec::new();
-        read_segment_file(&path, name, &self.buffers, &mut records)?;
+        read_sealed_file(&path, name, header.sealed_len, &mut records)?;
         self.read_to
             .positions
             .insert(name.worker, Position::after(name.seq));

@@ -127,6 +127,8 @@ pub enum HeaderError {
     Checksum,
     /// Capacity, sealed length and flags contradict each other.
     Geometry,
+    /// A valid header, of another segment than the file's name says.
+    OtherSegment,
 }
 
 impl fmt::Display for HeaderError {
@@ -137,6 +139,7 @@ impl fmt::Display for HeaderError {
             HeaderError::Version(v) => write!(f, "unknown segment format version {v}"),
             HeaderError::Checksum => f.write_str("segment header checksum mismatch"),
             HeaderError::Geometry => f.write_str("segment header lengths are inconsistent"),
+            HeaderError::OtherSegment => f.write_str("header names another segment"),
         }
     }
 }

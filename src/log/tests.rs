@@ -1297,49 +1297,72 @@ fn next_sealed_hands_out_whole_sealed_segments_in_order() {
 
 /// Whole segments are read into buffers that come back for the next read only once every
 /// record of theirs is dropped: a record still held keeps its bytes, whatever is read after it.
+/// `next_sealed` reads a segment through a mapping of its file: while any of its records is
+/// alive, the file (retired into `spare/` meanwhile, as if every consumer were past it) must not
+/// be reused, or the records' bytes would change under them. Once they are dropped, it is.
 #[test]
-fn next_sealed_reuses_a_buffer_only_once_its_records_are_dropped() {
+fn a_sealed_segment_being_read_is_not_reused_until_its_records_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
+    let spare_dir = dir.path().join(SEGMENTS_DIR).join("spare");
     let service = SegmentService::start(config(dir.path()), 1).unwrap();
     let mut c = service.consumers().register("compactor").unwrap();
     let mut w = service.writer(0).unwrap();
-    for i in 0..6u64 {
-        w.append(meta(i, i, RecordKind::WebBatch), b"", &[&body(i, 4000)])
-            .unwrap();
+    let shared = std::sync::Arc::clone(&service.shared);
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let prepared = || load(&shared.reused) + load(&shared.created);
+    let mut seed = 0u64;
+    let mut append_and_roll = |w: &mut crate::log::SegmentWriter| {
+        w.append(
+            meta(seed, seed, RecordKind::WebBatch),
+            b"",
+            &[&body(seed, 4000)],
+        )
+        .unwrap();
         w.roll().unwrap();
-    }
-    let mut next = || loop {
+        seed += 1;
+    };
+    append_and_roll(&mut w);
+    let held = loop {
         if let Some(seg) = c.next_sealed().unwrap() {
             break seg;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let held = next();
     assert_eq!(held.records[0].body, body(0, 4000));
-    let mut last_at = None;
-    for i in 1..6u64 {
-        let seg = next();
-        assert_eq!(seg.records[0].body, body(i, 4000), "segment {i}");
-        assert_ne!(seg.records[0].body.as_ptr(), held.records[0].body.as_ptr());
-        if let Some(at) = last_at {
-            // Same offset in a segment of the same length: the same buffer, read into again.
-            assert_eq!(seg.records[0].body.as_ptr(), at, "segment {i}");
-        }
-        last_at = Some(seg.records[0].body.as_ptr());
-        // Dropped here: its buffer is the one segment i + 1 is read into.
+    let spare = spare_dir.join(held.name.file_name());
+    std::fs::rename(
+        dir.path().join(SEGMENTS_DIR).join(held.name.file_name()),
+        &spare,
+    )
+    .unwrap();
+
+    let reused_before = load(&shared.reused);
+    for _ in 0..3 {
+        let before = prepared();
+        append_and_roll(&mut w);
+        wait_until("the next segment prepared", || prepared() > before);
     }
     assert_eq!(
-        held.records[0].body,
-        body(0, 4000),
-        "a held record keeps its bytes"
+        load(&shared.reused),
+        reused_before,
+        "a spare still mapped by a reader was reused"
     );
-    assert!(
-        c.kept_read_bytes() > 0,
-        "a dropped segment's buffer is kept"
-    );
+    assert!(spare.exists());
+    assert_eq!(held.records[0].body, body(0, 4000), "a held record changed");
+
     drop(held);
-    c.release_read_buffers();
-    assert_eq!(c.kept_read_bytes(), 0);
+    for _ in 0..3 {
+        if load(&shared.reused) > reused_before {
+            break;
+        }
+        let before = prepared();
+        append_and_roll(&mut w);
+        wait_until("the next segment prepared", || prepared() > before);
+    }
+    assert!(
+        load(&shared.reused) > reused_before,
+        "the spare was not reused once its records were dropped"
+    );
     w.close().unwrap();
     service.shutdown();
 }
