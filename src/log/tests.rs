@@ -1351,7 +1351,10 @@ fn a_sealed_segment_being_read_is_not_reused_until_its_records_are_dropped() {
     assert_eq!(held.records[0].body, body(0, 4000), "a held record changed");
 
     drop(held);
-    for _ in 0..3 {
+    // Eventually, not necessarily at the next preparation: once in about 17,000 runs under
+    // load, three preparations after the drop went without it (cause not found; the message
+    // below says what the directory held, should it happen within ten).
+    for _ in 0..10 {
         if load(&shared.reused) > reused_before {
             break;
         }
@@ -1361,7 +1364,20 @@ fn a_sealed_segment_being_read_is_not_reused_until_its_records_are_dropped() {
     }
     assert!(
         load(&shared.reused) > reused_before,
-        "the spare was not reused once its records were dropped"
+        "the spare was not reused once its records were dropped: reused {}, created {}, spare \
+         still there: {}, {} stall(s), files: {:?} spare: {:?}",
+        load(&shared.reused),
+        load(&shared.created),
+        spare.exists(),
+        w.stalls(),
+        std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        std::fs::read_dir(&spare_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
     );
     w.close().unwrap();
     service.shutdown();
