@@ -219,8 +219,13 @@ pub struct SealedMap {
 
 /// Maps the first `sealed_len` bytes of `file`, which must be a segment whose header, read
 /// before, says it is sealed at `sealed_len`; or all of it, if the file is shorter (damaged: its
-/// records up to the cut are still there, as recovery keeps them). Pre-faults the pages
-/// (MAP_POPULATE). `InvalidData` if that leaves nothing to map.
+/// records up to the cut are still there, as recovery keeps them). `InvalidData` if that
+/// leaves nothing to map.
+///
+/// The pages are read in and mapped here (MADV_POPULATE_READ), so that a page the disk cannot
+/// read is this call's error, as it would be `read(2)`'s, and not a SIGBUS at the first touch.
+/// `Unsupported` where the kernel does not know the advice (before Linux 5.14): read the file
+/// instead.
 ///
 /// Why reading through it is sound:
 /// * No byte of it changes while it is mapped. A sealed segment is never written again by the
@@ -243,8 +248,15 @@ pub fn map_sealed(file: &File, sealed_len: u64) -> io::Result<SealedMap> {
         ));
     }
     // SAFETY: see the function doc: the mapped bytes neither change nor go away while mapped.
-    let map = unsafe { MmapOptions::new().len(len).populate().map(file)? };
-    Ok(SealedMap { map })
+    let map = unsafe { MmapOptions::new().len(len).map(file)? };
+    match map.advise(Advice::PopulateRead) {
+        Ok(()) => Ok(SealedMap { map }),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "MADV_POPULATE_READ unknown to this kernel",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 impl AsRef<[u8]> for SealedMap {

@@ -100,6 +100,9 @@ pub(crate) fn read_sealed_file(
             log::warn!("{}: skipped: {e}", path.display());
             return Ok(());
         }
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            return read_segment_file(path, name, out)
+        }
         Err(e) => return Err(e.into()),
     };
     if let Err(e) = push_records(&data, name, out) {
