@@ -2,11 +2,12 @@
 //!
 //! In: the segment files of the running node (sealed ones and the open ones being written right
 //! now), read with `pread(2)`; whole sealed segments ([`Consumer::next_sealed`]) through a
-//! read-only mapping instead (`mmap::map_sealed`). Out, per consumer: committed records in order, and a
-//! cursor that says how far it got. Threads: a [`Consumer`] is `Send` and runs on its owner's
-//! thread (the compactor, a forwarder, the database writer); the [`ConsumerRegistry`] it belongs
-//! to is shared with the segment service (retention reads every consumer's *saved* cursor) and
-//! with the writers (who wake waiting consumers once per event-loop turn).
+//! read-only mapping instead (`mmap::map_sealed`). Out, per consumer: committed records in
+//! order, and a cursor that says how far it got. Threads: a [`Consumer`] is `Send` and runs on
+//! its owner's thread (the compactor, a forwarder, the database writer); the
+//! [`ConsumerRegistry`] it belongs to is shared with the segment service (retention reads every
+//! consumer's *saved* cursor) and with the writers (who wake waiting consumers once per
+//! event-loop turn).
 //!
 //! # Cursors
 //!
