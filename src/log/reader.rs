@@ -81,8 +81,8 @@ fn read_segment_file(
 /// Appends the valid records of one sealed segment file to `out` (nothing if it vanished),
 /// reading them through a mapping of its first `sealed_len` bytes, or fewer if the file is
 /// shorter ([`mmap::map_sealed`]: the caller read the file's header and found it sealed at that
-/// length). The records share the
-/// mapping, which is unmapped once the last of them is dropped.
+/// length). The records share the mapping, which is unmapped once the last of them is dropped.
+/// Where the kernel cannot pre-fault a mapping, the file is read whole instead.
 pub(crate) fn read_sealed_file(
     path: &Path,
     name: SegmentName,
