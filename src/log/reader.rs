@@ -1,4 +1,4 @@
-//! Read side: every valid record of every segment, for `cat`/`ls`, tests, and later compaction.
+//! Read side: every valid record of every segment, for `cat`/`ls`, tests, and the compactor.
 //!
 //! In: the segment files of a data dir, sealed or being written right now by a running node
 //! (possibly in another process). Out: [`StoredRecord`]s, copied out of the files. Runs on the

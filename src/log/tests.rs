@@ -1295,8 +1295,6 @@ fn next_sealed_hands_out_whole_sealed_segments_in_order() {
     service.shutdown();
 }
 
-/// Whole segments are read into buffers that come back for the next read only once every
-/// record of theirs is dropped: a record still held keeps its bytes, whatever is read after it.
 /// `next_sealed` reads a segment through a mapping of its file: while any of its records is
 /// alive, the file (retired into `spare/` meanwhile, as if every consumer were past it) must not
 /// be reused, or the records' bytes would change under them. Once they are dropped, it is.
